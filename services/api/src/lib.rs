@@ -1,0 +1,36 @@
+//! The system's contract: the generated gRPC API and event types from `proto/`,
+//! the CloudEvents envelope every Kafka record carries, and exact money helpers.
+
+pub mod envelope;
+pub mod money;
+
+/// The encoded file descriptor set of every proto in `proto/`, served by
+/// each service's reflection endpoint.
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/descriptor_set.bin"));
+
+#[allow(clippy::all, missing_docs)]
+pub mod google {
+    pub mod r#type {
+        include!(concat!(env!("OUT_DIR"), "/google.r#type.rs"));
+    }
+}
+
+#[allow(clippy::all, missing_docs)]
+pub mod orders {
+    pub mod v1 {
+        include!(concat!(env!("OUT_DIR"), "/orders.v1.rs"));
+    }
+    pub mod events {
+        pub mod v1 {
+            include!(concat!(env!("OUT_DIR"), "/orders.events.v1.rs"));
+        }
+    }
+    pub mod internal {
+        pub mod v1 {
+            include!(concat!(env!("OUT_DIR"), "/orders.internal.v1.rs"));
+        }
+    }
+}
+
+pub use envelope::{Event, EventEnvelope};

@@ -1,0 +1,349 @@
+//! The consumer loop: rskafka has no consumer groups, so each service reads
+//! every partition of its topics itself and keeps its position in the
+//! `consumer_offsets` table.
+//!
+//! One task per partition fetches a batch, then applies it in a single
+//! database transaction that also writes the outbox rows the batch causes and
+//! the partition's next offset. Either all of that commits or none of it does,
+//! so after a crash the consumer resumes exactly after the last committed
+//! batch. Records delivered twice are harmless because handlers write with
+//! unique keys and `ON CONFLICT DO NOTHING`.
+//!
+//! A record that can never be processed (it does not decode, has an unknown
+//! `ce_type` or an invalid payload) is poison: it goes to `<topic>.dlq`, via
+//! the outbox and in the same transaction, with headers saying why and where
+//! it came from, and the partition moves on. Failures of the database or the
+//! broker are transient and retried with backoff, in order, skipping nothing.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use chrono::{SecondsFormat, Utc};
+use diesel::prelude::*;
+use diesel::upsert::excluded;
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use rskafka::client::Client;
+use rskafka::client::error::{Error as RsKafkaError, ProtocolError};
+use rskafka::client::partition::{OffsetAt, PartitionClient, UnknownTopicHandling};
+use tokio::sync::Notify;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use oms_api::{Event, EventEnvelope};
+
+use crate::db::{DbError, DbPool};
+use crate::outbox::{self, OutboxMessage};
+use crate::retry::Backoff;
+use crate::schema::consumer_offsets;
+use crate::topics::dead_letter_topic;
+
+/// One record as the broker delivered it.
+#[derive(Debug, Clone)]
+pub struct InboundRecord {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<Vec<u8>>,
+    pub payload: Vec<u8>,
+    pub headers: BTreeMap<String, Vec<u8>>,
+}
+
+/// Why a record is poison and goes to the dead-letter topic.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Rejection(pub String);
+
+impl InboundRecord {
+    /// Reads the CloudEvents envelope.
+    pub fn envelope(&self) -> Result<EventEnvelope, Rejection> {
+        EventEnvelope::from_headers(&self.headers)
+            .map_err(|err| Rejection(format!("bad envelope: {err}")))
+    }
+
+    /// Decodes the payload as `E`, which the caller has matched on `ce_type`.
+    pub fn decode<E: Event>(&self) -> Result<E, Rejection> {
+        E::decode(self.payload.as_slice())
+            .map_err(|err| Rejection(format!("payload is not a valid {}: {err}", E::TYPE)))
+    }
+}
+
+/// What a service does with the records of its topics.
+pub trait EventHandler: Send + Sync + 'static {
+    /// A decoded, validated record.
+    type Event: Send + 'static;
+
+    /// Turns a record into an event, or says why it is poison. Pure: no I/O.
+    fn decode(&self, record: &InboundRecord) -> Result<Self::Event, Rejection>;
+
+    /// Applies a batch of events inside the batch's transaction and returns
+    /// the events to publish as a result. Must be idempotent: an event seen
+    /// before changes nothing and publishes nothing.
+    fn apply<'a>(
+        &'a self,
+        conn: &'a mut AsyncPgConnection,
+        events: Vec<Self::Event>,
+    ) -> impl Future<Output = QueryResult<Vec<OutboxMessage>>> + Send + 'a;
+}
+
+/// Counters shared by a service's consumers.
+#[derive(Debug, Default)]
+pub struct ConsumerStats {
+    pub processed: AtomicU64,
+    pub dead_lettered: AtomicU64,
+}
+
+/// Tuning of the fetch requests.
+#[derive(Debug, Clone, Copy)]
+pub struct FetchSettings {
+    /// How long the broker may hold a fetch open waiting for data. tansu
+    /// always waits this long, so it bounds the latency of every hop.
+    pub max_wait_ms: i32,
+    /// Largest response, in bytes.
+    pub max_bytes: i32,
+}
+
+impl Default for FetchSettings {
+    fn default() -> Self {
+        Self {
+            max_wait_ms: 25,
+            max_bytes: 4 * 1024 * 1024,
+        }
+    }
+}
+
+/// Everything a partition task needs.
+pub struct Consumer<H> {
+    pub client: Arc<Client>,
+    pub pool: DbPool,
+    pub handler: Arc<H>,
+    /// Notified after a commit that wrote outbox rows.
+    pub relay_wakeup: Arc<Notify>,
+    pub stats: Arc<ConsumerStats>,
+    pub fetch: FetchSettings,
+}
+
+impl<H: EventHandler> Consumer<H> {
+    /// Starts one task per partition of each topic; they stop at `shutdown`
+    /// after committing the batch in hand.
+    pub async fn spawn(
+        self,
+        topics: &[String],
+        shutdown: CancellationToken,
+    ) -> Result<JoinSet<()>, RsKafkaError> {
+        let this = Arc::new(self);
+        let listed = this.client.list_topics().await?;
+        let mut tasks = JoinSet::new();
+        for topic in topics {
+            let partitions = listed
+                .iter()
+                .find(|t| &t.name == topic)
+                .map(|t| t.partitions.clone())
+                .unwrap_or_default();
+            for partition in partitions {
+                let partition_client = this
+                    .client
+                    .partition_client(topic.clone(), partition, UnknownTopicHandling::Retry)
+                    .await?;
+                let this = Arc::clone(&this);
+                let shutdown = shutdown.clone();
+                tasks
+                    .spawn(async move { this.consume_partition(partition_client, shutdown).await });
+            }
+        }
+        Ok(tasks)
+    }
+
+    async fn consume_partition(&self, client: PartitionClient, shutdown: CancellationToken) {
+        let topic = client.topic().to_owned();
+        let partition = client.partition();
+        let mut backoff = Backoff::transient();
+        let mut next_offset = None;
+        while !shutdown.is_cancelled() {
+            let offset = match next_offset {
+                Some(offset) => offset,
+                None => match load_offset(&self.pool, &topic, partition).await {
+                    Ok(offset) => *next_offset.insert(offset),
+                    Err(err) => {
+                        tracing::warn!(%topic, partition, error = %err, "cannot load consumer offset");
+                        pause(&mut backoff, &shutdown).await;
+                        continue;
+                    }
+                },
+            };
+            let fetched = tokio::select! {
+                fetched = client.fetch_records(offset, 1..self.fetch.max_bytes, self.fetch.max_wait_ms) => fetched,
+                _ = shutdown.cancelled() => return,
+            };
+            let records = match fetched {
+                Ok((records, _high_watermark)) => records,
+                Err(RsKafkaError::ServerError {
+                    protocol_error: ProtocolError::OffsetOutOfRange,
+                    ..
+                }) => {
+                    // The log no longer holds our position (retention, or a
+                    // broker without durable storage restarted): resume from
+                    // the oldest record it has.
+                    match client.get_offset(OffsetAt::Earliest).await {
+                        Ok(earliest) => {
+                            tracing::warn!(%topic, partition, offset, earliest, "offset out of range, resuming from earliest");
+                            next_offset = Some(earliest);
+                        }
+                        Err(err) => {
+                            tracing::warn!(%topic, partition, error = %err, "cannot read earliest offset");
+                            pause(&mut backoff, &shutdown).await;
+                        }
+                    }
+                    continue;
+                }
+                Err(err) => {
+                    tracing::warn!(%topic, partition, error = %err, "fetch failed");
+                    pause(&mut backoff, &shutdown).await;
+                    continue;
+                }
+            };
+            let Some(last) = records.last() else { continue };
+            let new_offset = last.offset + 1;
+            let batch: Vec<InboundRecord> = records
+                .into_iter()
+                .map(|r| InboundRecord {
+                    topic: topic.clone(),
+                    partition,
+                    offset: r.offset,
+                    key: r.record.key,
+                    payload: r.record.value.unwrap_or_default(),
+                    headers: r.record.headers,
+                })
+                .collect();
+            // A transient failure retries the same batch until it commits;
+            // shutdown abandons it uncommitted, to be fetched again next time.
+            loop {
+                match self
+                    .commit_batch(&topic, partition, &batch, new_offset)
+                    .await
+                {
+                    Ok(()) => break,
+                    Err(err) => {
+                        tracing::warn!(%topic, partition, offset, error = %err, "batch failed, retrying");
+                        if pause(&mut backoff, &shutdown).await {
+                            return;
+                        }
+                    }
+                }
+            }
+            backoff.reset();
+            next_offset = Some(new_offset);
+        }
+    }
+
+    async fn commit_batch(
+        &self,
+        topic: &str,
+        partition: i32,
+        batch: &[InboundRecord],
+        new_offset: i64,
+    ) -> Result<(), DbError> {
+        let mut outbox_messages = Vec::new();
+        let mut events = Vec::with_capacity(batch.len());
+        for record in batch {
+            match self.handler.decode(record) {
+                Ok(event) => events.push(event),
+                Err(rejection) => {
+                    tracing::error!(
+                        topic = %record.topic, partition, offset = record.offset, reason = %rejection,
+                        "poison record sent to the dead-letter topic"
+                    );
+                    outbox_messages.push(dead_letter(record, &rejection));
+                }
+            }
+        }
+        let dead_letters = outbox_messages.len() as u64;
+        let applied = events.len() as u64;
+        let handler = &self.handler;
+        let mut conn = self.pool.get().await?;
+        let wrote_outbox = conn
+            .transaction::<_, diesel::result::Error, _>(async |conn| {
+                outbox_messages.extend(handler.apply(conn, events).await?);
+                outbox::enqueue(conn, &outbox_messages).await?;
+                store_offset(conn, topic, partition, new_offset).await?;
+                Ok(!outbox_messages.is_empty())
+            })
+            .await?;
+        if wrote_outbox {
+            self.relay_wakeup.notify_one();
+        }
+        self.stats.processed.fetch_add(applied, Ordering::Relaxed);
+        self.stats
+            .dead_lettered
+            .fetch_add(dead_letters, Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+/// Waits out the next backoff delay; returns early, with `true`, on shutdown.
+async fn pause(backoff: &mut Backoff, shutdown: &CancellationToken) -> bool {
+    tokio::select! {
+        _ = tokio::time::sleep(backoff.next_delay()) => false,
+        _ = shutdown.cancelled() => true,
+    }
+}
+
+async fn load_offset(pool: &DbPool, topic: &str, partition: i32) -> Result<i64, DbError> {
+    let mut conn = pool.get().await?;
+    let stored = consumer_offsets::table
+        .filter(consumer_offsets::topic.eq(topic))
+        .filter(consumer_offsets::partition_id.eq(partition))
+        .select(consumer_offsets::next_offset)
+        .first::<i64>(&mut conn)
+        .await
+        .optional()?;
+    Ok(stored.unwrap_or(0))
+}
+
+async fn store_offset(
+    conn: &mut AsyncPgConnection,
+    topic: &str,
+    partition: i32,
+    next_offset: i64,
+) -> QueryResult<()> {
+    diesel::insert_into(consumer_offsets::table)
+        .values((
+            consumer_offsets::topic.eq(topic),
+            consumer_offsets::partition_id.eq(partition),
+            consumer_offsets::next_offset.eq(next_offset),
+        ))
+        .on_conflict((consumer_offsets::topic, consumer_offsets::partition_id))
+        .do_update()
+        .set((
+            consumer_offsets::next_offset.eq(excluded(consumer_offsets::next_offset)),
+            consumer_offsets::updated_at.eq(diesel::dsl::now),
+        ))
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// The copy of a poison record for its dead-letter topic: the original key,
+/// payload and headers, plus why and where from.
+fn dead_letter(record: &InboundRecord, rejection: &Rejection) -> OutboxMessage {
+    let mut headers = record.headers.clone();
+    for (name, value) in [
+        ("dlq_reason", rejection.0.clone()),
+        ("dlq_source_topic", record.topic.clone()),
+        ("dlq_source_partition", record.partition.to_string()),
+        ("dlq_source_offset", record.offset.to_string()),
+        (
+            "dlq_time",
+            Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true),
+        ),
+    ] {
+        headers.insert(name.to_owned(), value.into_bytes());
+    }
+    OutboxMessage {
+        topic: dead_letter_topic(&record.topic),
+        key: record.key.clone().unwrap_or_default(),
+        payload: record.payload.clone(),
+        headers,
+    }
+}

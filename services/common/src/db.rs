@@ -1,0 +1,133 @@
+//! PostgreSQL access: a bb8 pool of diesel-async connections, creation of a
+//! missing database, and embedded migrations applied at start-up.
+//!
+//! Each service owns one PostgreSQL schema (`order_service`, ...) and sets its
+//! `search_path` on every connection. The services can therefore share one
+//! database, as they do by default, without their tables or their migration
+//! bookkeeping colliding, or each use a database of its own.
+
+use std::time::Duration;
+
+use diesel::ConnectionError;
+use diesel_async::async_connection_wrapper::AsyncConnectionWrapper;
+use diesel_async::pooled_connection::{AsyncDieselConnectionManager, ManagerConfig, PoolError};
+use diesel_async::{AsyncConnection, AsyncPgConnection, SimpleAsyncConnection};
+use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
+
+use crate::config::{DatabaseConfig, DatabaseUrl};
+
+pub type DbPool = bb8::Pool<AsyncDieselConnectionManager<AsyncPgConnection>>;
+
+/// The tables every service has: consumer offsets and the outbox.
+pub const PLATFORM_MIGRATIONS: EmbeddedMigrations = embed_migrations!("../../migrations/platform");
+
+/// How long a caller waits for a pooled connection before giving up.
+const CONNECTION_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error("no database connection available: {0}")]
+    Pool(#[from] bb8::RunError<PoolError>),
+    #[error("could not connect to the database: {0}")]
+    Connect(#[from] ConnectionError),
+    #[error("database query failed: {0}")]
+    Query(#[from] diesel::result::Error),
+    #[error("database migration failed: {0}")]
+    Migration(String),
+}
+
+/// Builds the service's pool. Connections are opened lazily, so this succeeds
+/// while the database is down; `prepare` is what waits for it.
+pub fn pool(config: &DatabaseConfig, schema: &'static str) -> DbPool {
+    let mut manager_config = ManagerConfig::default();
+    manager_config.custom_setup =
+        Box::new(move |url| Box::pin(connect_in_schema(url.to_owned(), schema)));
+    let manager =
+        AsyncDieselConnectionManager::new_with_config(config.url.expose(), manager_config);
+    bb8::Pool::builder()
+        .max_size(config.pool_size)
+        .connection_timeout(CONNECTION_TIMEOUT)
+        .build_unchecked(manager)
+}
+
+async fn connect_in_schema(
+    url: String,
+    schema: &'static str,
+) -> Result<AsyncPgConnection, ConnectionError> {
+    let mut conn = AsyncPgConnection::establish(&url).await?;
+    conn.batch_execute(&format!("SET search_path TO {schema}"))
+        .await
+        .map_err(ConnectionError::CouldntSetupConfiguration)?;
+    Ok(conn)
+}
+
+/// Creates the database if it is missing and the server allows it, then
+/// creates the service's schema and applies the platform migrations followed
+/// by the service's own.
+pub async fn prepare(
+    url: &DatabaseUrl,
+    schema: &'static str,
+    service_migrations: EmbeddedMigrations,
+) -> Result<(), DbError> {
+    create_database_if_missing(url).await?;
+    let mut conn = AsyncPgConnection::establish(url.expose()).await?;
+    conn.batch_execute(&format!(
+        "CREATE SCHEMA IF NOT EXISTS {schema}; SET search_path TO {schema}"
+    ))
+    .await?;
+    let mut wrapper: AsyncConnectionWrapper<AsyncPgConnection> = AsyncConnectionWrapper::from(conn);
+    // The harness is synchronous: it blocks on the async connection, so it
+    // must run off the async worker threads.
+    tokio::task::spawn_blocking(move || {
+        for migrations in [PLATFORM_MIGRATIONS, service_migrations] {
+            wrapper
+                .run_pending_migrations(migrations)
+                .map_err(|err| DbError::Migration(err.to_string()))?;
+        }
+        Ok(())
+    })
+    .await
+    .map_err(|err| DbError::Migration(err.to_string()))?
+}
+
+async fn create_database_if_missing(url: &DatabaseUrl) -> Result<(), DbError> {
+    match AsyncPgConnection::establish(url.expose()).await {
+        Ok(_) => return Ok(()),
+        Err(ConnectionError::BadConnection(message)) if message.contains("does not exist") => {}
+        Err(err) => return Err(err.into()),
+    }
+    let name = url.database_name();
+    if !name
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    {
+        return Err(DbError::Migration(format!(
+            "database {name:?} does not exist and its name is not one we create automatically"
+        )));
+    }
+    let mut admin = AsyncPgConnection::establish(url.maintenance_url().expose()).await?;
+    match admin
+        .batch_execute(&format!("CREATE DATABASE \"{name}\""))
+        .await
+    {
+        Ok(()) => {
+            tracing::info!(database = %name, "created missing database");
+            Ok(())
+        }
+        // Another service created it at the same moment.
+        Err(err) if err.to_string().contains("already exists") => Ok(()),
+        Err(err) => Err(err.into()),
+    }
+}
+
+/// Answers whether the database accepts a trivial query right now.
+pub async fn is_reachable(pool: &DbPool) -> bool {
+    let probe = async {
+        let mut conn = pool.get().await.ok()?;
+        conn.batch_execute("SELECT 1").await.ok()
+    };
+    matches!(
+        tokio::time::timeout(CONNECTION_TIMEOUT, probe).await,
+        Ok(Some(()))
+    )
+}

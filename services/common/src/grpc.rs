@@ -1,0 +1,55 @@
+//! gRPC server scaffolding shared by all services: health, server reflection
+//! (v1, and v1alpha for grpcurl 1.8 and Python's grpcio-reflection), bounded
+//! message sizes, and graceful shutdown.
+
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tonic::service::Routes;
+use tonic::transport::server::TcpIncoming;
+use tonic_health::server::HealthReporter;
+
+/// The largest request message the servers decode. Our requests are a few
+/// hundred bytes; anything near this is abuse.
+pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
+
+/// Creates the health reporter and the routes that serve health and both
+/// reflection versions, for every proto of the system plus health itself.
+pub fn health_and_reflection_routes() -> (HealthReporter, Routes) {
+    let (reporter, health) = tonic_health::server::health_reporter();
+    let builder = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(oms_api::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    // The descriptor sets are compiled into the binary, so building from
+    // them only fails if the build itself is broken.
+    #[allow(clippy::expect_used)]
+    let v1 = builder()
+        .build_v1()
+        .expect("embedded descriptor sets are valid");
+    #[allow(clippy::expect_used)]
+    let v1alpha = builder()
+        .build_v1alpha()
+        .expect("embedded descriptor sets are valid");
+    (
+        reporter,
+        Routes::new(health).add_service(v1).add_service(v1alpha),
+    )
+}
+
+/// Serves `routes` on `listener` until `stop` is cancelled, then lets
+/// in-flight calls finish.
+pub async fn serve(
+    listener: TcpListener,
+    routes: Routes,
+    stop: CancellationToken,
+) -> Result<(), tonic::transport::Error> {
+    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    tonic::transport::Server::builder()
+        .timeout(Duration::from_secs(30))
+        .add_routes(routes)
+        .serve_with_incoming_shutdown(incoming, stop.cancelled_owned())
+        .await
+}

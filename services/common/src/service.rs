@@ -1,0 +1,179 @@
+//! The life of an event-driven service, shared by the order, payment and
+//! notification services: serve gRPC at once (NOT_SERVING), wait for the
+//! database and broker, migrate, create topics, then run the consumers and
+//! the outbox relay until shutdown, and wind down in order.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use diesel_migrations::EmbeddedMigrations;
+use rskafka::client::Client;
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tonic::service::Routes;
+
+use crate::config::{ConfigError, DatabaseConfig, KafkaConfig, listen_addr};
+use crate::consumer::{Consumer, ConsumerStats, EventHandler, FetchSettings};
+use crate::db::{self, DbPool};
+use crate::health::Readiness;
+use crate::kafka::{self, Producer};
+use crate::topics::dead_letter_topic;
+use crate::{grpc, outbox, retry, shutdown};
+
+/// The configuration every downstream service reads.
+#[derive(Debug, Clone)]
+pub struct ServiceConfig {
+    pub grpc_addr: SocketAddr,
+    pub database: DatabaseConfig,
+    pub kafka: KafkaConfig,
+    pub shutdown_grace: Duration,
+}
+
+impl ServiceConfig {
+    /// Reads the shared variables plus the service's own listen address
+    /// (`addr_var`, default `default_addr`) and database URL (`database_var`).
+    pub fn from_env(
+        addr_var: &str,
+        default_addr: &str,
+        database_var: &str,
+    ) -> Result<Self, ConfigError> {
+        Ok(Self {
+            grpc_addr: listen_addr(addr_var, default_addr)?,
+            database: DatabaseConfig::from_env(database_var)?,
+            kafka: KafkaConfig::from_env()?,
+            shutdown_grace: shutdown::grace_period()?,
+        })
+    }
+}
+
+/// What distinguishes one event-driven service from another.
+pub struct EventService<H> {
+    /// Process name: the health service name, Kafka client id and
+    /// CloudEvents source.
+    pub name: &'static str,
+    /// The PostgreSQL schema that holds the service's tables.
+    pub schema: &'static str,
+    /// Its own migrations (`|| MIGRATIONS`; the embedded set is not `Copy`).
+    pub migrations: fn() -> EmbeddedMigrations,
+    /// Full names of the topics it consumes.
+    pub consumes: Vec<String>,
+    /// Full names of the topics it publishes to.
+    pub produces: Vec<String>,
+    pub handler: H,
+    /// Its own gRPC services, reported by health beside the overall status.
+    pub grpc_services: Vec<&'static str>,
+}
+
+impl<H: EventHandler> EventService<H> {
+    /// Runs the service on `listener` until `shutdown`; `routes` are its own
+    /// gRPC services, served beside health and reflection.
+    pub async fn run(
+        self,
+        config: &ServiceConfig,
+        pool: DbPool,
+        listener: TcpListener,
+        add_routes: impl FnOnce(Routes) -> Routes,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<()> {
+        let mut health_names = vec![self.name];
+        health_names.extend(&self.grpc_services);
+        let (readiness, routes) = Readiness::new(&health_names).await;
+        let server_stop = CancellationToken::new();
+        let server = tokio::spawn(grpc::serve(
+            listener,
+            add_routes(routes),
+            server_stop.clone(),
+        ));
+
+        let start = || self.try_start_dependencies(config);
+        let Some(client) = retry::retry_until_ok("dependencies", &shutdown, start).await else {
+            server_stop.cancel();
+            return server.await?.context("gRPC server failed");
+        };
+
+        let wakeup = Arc::new(Notify::new());
+        let relay_stop = CancellationToken::new();
+        let relay = tokio::spawn(outbox::run_relay(
+            pool.clone(),
+            Arc::new(Producer::new(Arc::clone(&client))),
+            Arc::clone(&wakeup),
+            relay_stop.clone(),
+        ));
+        let consumers = Consumer {
+            client: Arc::clone(&client),
+            pool: pool.clone(),
+            handler: Arc::new(self.handler),
+            relay_wakeup: wakeup,
+            stats: Arc::new(ConsumerStats::default()),
+            fetch: FetchSettings::default(),
+        }
+        .spawn(&self.consumes, shutdown.clone())
+        .await
+        .context("failed to start consumers")?;
+        tracing::info!(service = self.name, topics = ?self.consumes, "consuming");
+
+        let monitor = {
+            let readiness = readiness.clone();
+            let shutdown = shutdown.clone();
+            tokio::spawn(async move {
+                let probe = || dependency_probe(pool.clone(), Arc::clone(&client));
+                readiness.monitor(probe, shutdown).await;
+            })
+        };
+
+        shutdown.cancelled().await;
+        readiness.set_serving(false).await;
+        let deadline = tokio::time::Instant::now() + config.shutdown_grace;
+        // Consumers commit the batch in hand, then the relay publishes what
+        // they wrote, then the server drains in-flight calls.
+        if tokio::time::timeout_at(deadline, consumers.join_all())
+            .await
+            .is_err()
+        {
+            tracing::warn!("consumers did not stop within the grace period");
+        }
+        relay_stop.cancel();
+        let _ = tokio::time::timeout_at(deadline, relay).await;
+        server_stop.cancel();
+        let _ = monitor.await;
+        match tokio::time::timeout_at(deadline, server).await {
+            Ok(result) => result?.context("gRPC server failed")?,
+            Err(_) => tracing::warn!("in-flight calls did not finish within the grace period"),
+        }
+        tracing::info!(service = self.name, "stopped");
+        Ok(())
+    }
+
+    async fn try_start_dependencies(&self, config: &ServiceConfig) -> anyhow::Result<Arc<Client>> {
+        db::prepare(&config.database.url, self.schema, (self.migrations)())
+            .await
+            .with_context(|| format!("failed to prepare database {}", config.database.url))?;
+        let client = kafka::connect(&config.kafka, self.name)
+            .await
+            .context("failed to connect to Kafka")?;
+        let topics: Vec<String> = self
+            .consumes
+            .iter()
+            .cloned()
+            .chain(self.consumes.iter().map(|topic| dead_letter_topic(topic)))
+            .chain(self.produces.iter().cloned())
+            .collect();
+        kafka::ensure_topics(&client, &topics, config.kafka.partitions)
+            .await
+            .context("failed to create topics")?;
+        Ok(client)
+    }
+}
+
+async fn dependency_probe(pool: DbPool, client: Arc<Client>) -> Result<(), String> {
+    if !db::is_reachable(&pool).await {
+        return Err("database does not answer".into());
+    }
+    if !kafka::is_reachable(&client).await {
+        return Err("broker does not answer".into());
+    }
+    Ok(())
+}

@@ -1,0 +1,47 @@
+//! The gateway's errors and their one mapping to gRPC status codes.
+
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, FieldViolation, StatusExt};
+
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    #[error("invalid request: {}", describe(.0))]
+    InvalidArgument(Vec<FieldViolation>),
+    #[error("order {0} not found (it may not be recorded yet)")]
+    NotFound(String),
+    #[error("the order could not be published: {0}")]
+    BrokerUnavailable(String),
+    #[error("the order service is unavailable: {0}")]
+    OrderServiceUnavailable(String),
+    #[error("unexpected answer from the order service: {0}")]
+    Internal(String),
+}
+
+fn describe(violations: &[FieldViolation]) -> String {
+    violations
+        .iter()
+        .map(|v| format!("{} {}", v.field, v.description))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+impl From<GatewayError> for Status {
+    fn from(err: GatewayError) -> Self {
+        match err {
+            GatewayError::InvalidArgument(ref violations) => Status::with_error_details(
+                Code::InvalidArgument,
+                err.to_string(),
+                ErrorDetails::with_bad_request(violations.clone()),
+            ),
+            GatewayError::NotFound(_) => Status::not_found(err.to_string()),
+            GatewayError::BrokerUnavailable(_) | GatewayError::OrderServiceUnavailable(_) => {
+                tracing::warn!(error = %err, "dependency unavailable");
+                Status::unavailable(err.to_string())
+            }
+            GatewayError::Internal(_) => {
+                tracing::error!(error = %err, "internal error");
+                Status::internal("internal error")
+            }
+        }
+    }
+}

@@ -1,0 +1,147 @@
+//! `orders.v1.OrderService`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use tokio::sync::OnceCell;
+use tonic::transport::Channel;
+use tonic::{Code, Request, Response, Status};
+use uuid::Uuid;
+
+use oms_api::EventEnvelope;
+use oms_api::orders::events::v1::OrderCreated;
+use oms_api::orders::internal::v1::GetOrderRequest as InternalGetOrderRequest;
+use oms_api::orders::internal::v1::order_query_service_client::OrderQueryServiceClient;
+use oms_api::orders::v1::order_service_server::OrderService;
+use oms_api::orders::v1::{CreateOrderRequest, GetOrderRequest, Order, OrderStatus};
+use oms_common::kafka::{KeyedRecord, Producer};
+use tonic_types::FieldViolation;
+
+use crate::error::GatewayError;
+use crate::validation::validate_create_order;
+
+/// The CloudEvents source of the events the gateway publishes.
+const SOURCE: &str = "/gateway";
+
+pub struct Gateway {
+    /// Set once the broker has answered at start-up; until then every
+    /// CreateOrder is UNAVAILABLE.
+    pub producer: Arc<OnceCell<Arc<Producer>>>,
+    pub order_created_topic: String,
+    pub orders: OrderQueryServiceClient<Channel>,
+    /// The longest a CreateOrder waits for the broker's acknowledgement.
+    pub publish_timeout: Duration,
+}
+
+impl Gateway {
+    async fn create_order(&self, request: CreateOrderRequest) -> Result<Order, GatewayError> {
+        let order = validate_create_order(request).map_err(GatewayError::InvalidArgument)?;
+        let producer = self.producer.get().ok_or_else(|| {
+            GatewayError::BrokerUnavailable("not connected to the broker yet".into())
+        })?;
+
+        let order_id = Uuid::now_v7().to_string();
+        let now = Utc::now();
+        let create_time = prost_types::Timestamp {
+            seconds: now.timestamp(),
+            nanos: now.timestamp_subsec_nanos() as i32,
+        };
+        let event = OrderCreated {
+            order_id: order_id.clone(),
+            customer_id: order.customer_id.clone(),
+            product_id: order.product_id.clone(),
+            quantity: order.quantity,
+            amount: Some(order.amount.clone()),
+            request_id: order.request_id.clone().unwrap_or_default(),
+            create_time: Some(create_time),
+        };
+        let record = KeyedRecord {
+            key: order_id.as_bytes().to_vec(),
+            value: prost::Message::encode_to_vec(&event),
+            headers: EventEnvelope::new::<OrderCreated>(SOURCE, &order_id).to_headers(),
+        };
+        match tokio::time::timeout(
+            self.publish_timeout,
+            producer.produce(&self.order_created_topic, vec![record]),
+        )
+        .await
+        {
+            Ok(Ok(())) => {}
+            Ok(Err(err)) => return Err(GatewayError::BrokerUnavailable(err.to_string())),
+            Err(_) => {
+                return Err(GatewayError::BrokerUnavailable(format!(
+                    "no acknowledgement within {:?}",
+                    self.publish_timeout
+                )));
+            }
+        }
+        tracing::info!(%order_id, customer_id = %order.customer_id, "order accepted");
+        Ok(Order {
+            order_id,
+            customer_id: order.customer_id,
+            product_id: order.product_id,
+            quantity: order.quantity,
+            amount: Some(order.amount),
+            status: OrderStatus::Pending as i32,
+            create_time: Some(create_time),
+            update_time: Some(create_time),
+            payment_id: String::new(),
+        })
+    }
+
+    async fn get_order(&self, request: GetOrderRequest) -> Result<Order, GatewayError> {
+        if Uuid::parse_str(&request.order_id).is_err() {
+            return Err(GatewayError::InvalidArgument(vec![FieldViolation::new(
+                "order_id",
+                "must be a UUID",
+            )]));
+        }
+        let response = self
+            .orders
+            .clone()
+            .get_order(InternalGetOrderRequest {
+                order_id: request.order_id.clone(),
+            })
+            .await;
+        match response {
+            Ok(response) => response
+                .into_inner()
+                .order
+                .ok_or_else(|| GatewayError::Internal("response without an order".into())),
+            Err(status) if status.code() == Code::NotFound => {
+                Err(GatewayError::NotFound(request.order_id))
+            }
+            Err(status) if status.code() == Code::InvalidArgument => {
+                Err(GatewayError::InvalidArgument(vec![FieldViolation::new(
+                    "order_id",
+                    status.message(),
+                )]))
+            }
+            Err(status) => Err(GatewayError::OrderServiceUnavailable(
+                status.message().to_owned(),
+            )),
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl OrderService for Gateway {
+    async fn create_order(
+        &self,
+        request: Request<CreateOrderRequest>,
+    ) -> Result<Response<Order>, Status> {
+        Ok(Response::new(
+            Gateway::create_order(self, request.into_inner()).await?,
+        ))
+    }
+
+    async fn get_order(
+        &self,
+        request: Request<GetOrderRequest>,
+    ) -> Result<Response<Order>, Status> {
+        Ok(Response::new(
+            Gateway::get_order(self, request.into_inner()).await?,
+        ))
+    }
+}

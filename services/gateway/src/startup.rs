@@ -1,0 +1,139 @@
+//! Builds and runs the gateway.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio::sync::OnceCell;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Endpoint;
+
+use oms_api::orders::internal::v1::order_query_service_client::OrderQueryServiceClient;
+use oms_api::orders::v1::order_service_server::OrderServiceServer;
+use oms_common::config::{ConfigError, KafkaConfig, listen_addr, var};
+use oms_common::grpc::{self, MAX_REQUEST_BYTES};
+use oms_common::health::Readiness;
+use oms_common::kafka::{self, Producer};
+use oms_common::retry::retry_until_ok;
+use oms_common::shutdown;
+use oms_common::topics::{ORDER_CREATED, TopicNames};
+
+use crate::service::Gateway;
+
+pub const SERVICE_NAME: &str = "gateway";
+
+#[derive(Debug, Clone)]
+pub struct GatewayConfig {
+    pub grpc_addr: SocketAddr,
+    pub order_service_url: String,
+    pub kafka: KafkaConfig,
+    pub shutdown_grace: Duration,
+    pub publish_timeout: Duration,
+}
+
+impl GatewayConfig {
+    pub fn from_env() -> Result<Self, ConfigError> {
+        let order_service_url =
+            var("ORDER_SERVICE_URL").unwrap_or_else(|| "http://127.0.0.1:50052".into());
+        Endpoint::from_shared(order_service_url.clone())
+            .map_err(|err| ConfigError::new("ORDER_SERVICE_URL", &order_service_url, err))?;
+        Ok(Self {
+            grpc_addr: listen_addr("GATEWAY_GRPC_ADDR", "0.0.0.0:50051")?,
+            order_service_url,
+            kafka: KafkaConfig::from_env()?,
+            shutdown_grace: shutdown::grace_period()?,
+            publish_timeout: Duration::from_millis(oms_common::config::parse_in_range(
+                "GATEWAY_PUBLISH_TIMEOUT_MS",
+                5_000,
+                10..=60_000,
+            )?),
+        })
+    }
+}
+
+pub struct Application {
+    config: GatewayConfig,
+    listener: TcpListener,
+}
+
+impl Application {
+    pub fn config_from_env() -> Result<GatewayConfig, ConfigError> {
+        GatewayConfig::from_env()
+    }
+
+    /// Binds the listener; port 0 picks a free port (see `local_addr`).
+    pub async fn build(config: GatewayConfig) -> anyhow::Result<Self> {
+        let listener = TcpListener::bind(config.grpc_addr)
+            .await
+            .with_context(|| format!("failed to bind {}", config.grpc_addr))?;
+        Ok(Self { config, listener })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener.local_addr().unwrap_or(self.config.grpc_addr)
+    }
+
+    pub async fn run_until(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let config = self.config;
+        let topic = TopicNames::new(config.kafka.topic_prefix.clone()).name(ORDER_CREATED);
+        let orders = Endpoint::from_shared(config.order_service_url.clone())?
+            .connect_timeout(Duration::from_secs(2))
+            .timeout(Duration::from_secs(5))
+            .tcp_nodelay(true)
+            .connect_lazy();
+        let producer = Arc::new(OnceCell::new());
+        let gateway = Gateway {
+            producer: Arc::clone(&producer),
+            order_created_topic: topic.clone(),
+            orders: OrderQueryServiceClient::new(orders),
+            publish_timeout: config.publish_timeout,
+        };
+
+        let (readiness, routes) = Readiness::new(&[SERVICE_NAME, "orders.v1.OrderService"]).await;
+        let routes = routes.add_service(
+            OrderServiceServer::new(gateway).max_decoding_message_size(MAX_REQUEST_BYTES),
+        );
+        let server_stop = CancellationToken::new();
+        let server = tokio::spawn(grpc::serve(self.listener, routes, server_stop.clone()));
+
+        let connect = || async {
+            let client = kafka::connect(&config.kafka, SERVICE_NAME).await?;
+            kafka::ensure_topics(
+                &client,
+                std::slice::from_ref(&topic),
+                config.kafka.partitions,
+            )
+            .await?;
+            let producer = Producer::new(client);
+            // Open the partition connections now rather than on the first order.
+            producer.partition_clients(&topic).await?;
+            anyhow::Ok(Arc::new(producer))
+        };
+        if let Some(connected) = retry_until_ok("the broker", &shutdown, connect).await {
+            let client = Arc::clone(connected.client());
+            let _ = producer.set(connected);
+            let probe = || {
+                let client = Arc::clone(&client);
+                async move {
+                    if kafka::is_reachable(&client).await {
+                        Ok(())
+                    } else {
+                        Err("broker does not answer".to_owned())
+                    }
+                }
+            };
+            readiness.monitor(probe, shutdown.clone()).await;
+        }
+
+        readiness.set_serving(false).await;
+        server_stop.cancel();
+        match tokio::time::timeout(config.shutdown_grace, server).await {
+            Ok(result) => result?.context("gRPC server failed")?,
+            Err(_) => tracing::warn!("in-flight calls did not finish within the grace period"),
+        }
+        tracing::info!("gateway stopped");
+        Ok(())
+    }
+}

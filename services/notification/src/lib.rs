@@ -1,0 +1,9 @@
+//! The notification service: records, and logs, one notification per order
+//! and step the customer should hear about (order received, payment
+//! succeeded).
+
+pub mod events;
+pub mod schema;
+pub mod startup;
+
+pub use startup::{Application, SCHEMA, SERVICE_NAME};

@@ -1,0 +1,182 @@
+//! What the order service does with `order-created` and `payment-succeeded`.
+
+use diesel::QueryResult;
+use diesel_async::AsyncPgConnection;
+use uuid::Uuid;
+
+use oms_api::Event;
+use oms_api::money;
+use oms_api::orders::events::v1::{OrderCreated, PaymentSucceeded, ProcessPayment};
+use oms_common::consumer::{EventHandler, InboundRecord, Rejection};
+use oms_common::outbox::OutboxMessage;
+
+use crate::repository::{self, NewOrder, STATUS_AWAITING_PAYMENT};
+
+#[derive(Debug)]
+pub enum OrderEvent {
+    Created(NewOrder),
+    Paid { order_id: Uuid, payment_id: Uuid },
+}
+
+pub struct OrderEvents {
+    /// Full name of the `process-payment` topic.
+    pub process_payment_topic: String,
+    pub source: &'static str,
+}
+
+impl EventHandler for OrderEvents {
+    type Event = OrderEvent;
+
+    fn decode(&self, record: &InboundRecord) -> Result<OrderEvent, Rejection> {
+        let envelope = record.envelope()?;
+        match envelope.event_type.as_str() {
+            OrderCreated::TYPE => validate_created(record.decode()?).map(OrderEvent::Created),
+            PaymentSucceeded::TYPE => {
+                let event: PaymentSucceeded = record.decode()?;
+                Ok(OrderEvent::Paid {
+                    order_id: parse_uuid("order_id", &event.order_id)?,
+                    payment_id: parse_uuid("payment_id", &event.payment_id)?,
+                })
+            }
+            other => Err(Rejection(format!("unknown ce_type {other:?}"))),
+        }
+    }
+
+    async fn apply(
+        &self,
+        conn: &mut AsyncPgConnection,
+        events: Vec<OrderEvent>,
+    ) -> QueryResult<Vec<OutboxMessage>> {
+        let mut outbox = Vec::new();
+        for event in events {
+            match event {
+                OrderEvent::Created(order) => {
+                    if repository::insert_if_new(conn, &order).await? {
+                        tracing::info!(order_id = %order.order_id, "order recorded, payment requested");
+                        let request = ProcessPayment {
+                            order_id: order.order_id.to_string(),
+                            customer_id: order.customer_id.clone(),
+                            amount: Some(money::from_minor_units(
+                                &order.currency_code,
+                                order.amount_minor,
+                            )),
+                        };
+                        outbox.push(OutboxMessage::event(
+                            self.process_payment_topic.clone(),
+                            self.source,
+                            &request.order_id,
+                            &request,
+                        ));
+                    } else {
+                        tracing::debug!(order_id = %order.order_id, "duplicate order-created ignored");
+                    }
+                }
+                OrderEvent::Paid {
+                    order_id,
+                    payment_id,
+                } => {
+                    if repository::mark_paid(conn, order_id, payment_id).await? {
+                        tracing::info!(%order_id, %payment_id, "order paid");
+                    } else {
+                        tracing::debug!(%order_id, "payment-succeeded changed nothing (repeated or unknown order)");
+                    }
+                }
+            }
+        }
+        Ok(outbox)
+    }
+}
+
+fn parse_uuid(field: &str, value: &str) -> Result<Uuid, Rejection> {
+    Uuid::parse_str(value).map_err(|_| Rejection(format!("{field} {value:?} is not a UUID")))
+}
+
+/// The consumer's own check of the gateway's validation: a record that
+/// bypassed the gateway must not corrupt the table.
+fn validate_created(event: OrderCreated) -> Result<NewOrder, Rejection> {
+    let order_id = parse_uuid("order_id", &event.order_id)?;
+    let amount = event
+        .amount
+        .ok_or_else(|| Rejection("amount is missing".into()))?;
+    let amount_minor = money::to_minor_units(&amount)
+        .filter(|minor| *minor > 0)
+        .ok_or_else(|| Rejection("amount is not a positive whole number of cents".into()))?;
+    if amount.currency_code.len() != 3
+        || !amount.currency_code.chars().all(|c| c.is_ascii_uppercase())
+    {
+        return Err(Rejection(format!(
+            "currency_code {:?} is invalid",
+            amount.currency_code
+        )));
+    }
+    if event.customer_id.is_empty() || event.product_id.is_empty() {
+        return Err(Rejection("customer_id and product_id are required".into()));
+    }
+    if event.quantity < 1 {
+        return Err(Rejection(format!(
+            "quantity {} is not positive",
+            event.quantity
+        )));
+    }
+    let create_time = event
+        .create_time
+        .and_then(|t| chrono::DateTime::from_timestamp(t.seconds, t.nanos.max(0) as u32))
+        .ok_or_else(|| Rejection("create_time is missing or invalid".into()))?;
+    Ok(NewOrder {
+        order_id,
+        customer_id: event.customer_id,
+        product_id: event.product_id,
+        quantity: event.quantity,
+        amount_minor,
+        currency_code: amount.currency_code,
+        request_id: Some(event.request_id).filter(|id| !id.is_empty()),
+        status: STATUS_AWAITING_PAYMENT,
+        create_time,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use oms_api::google::r#type::Money;
+
+    fn valid_event() -> OrderCreated {
+        OrderCreated {
+            order_id: Uuid::now_v7().to_string(),
+            customer_id: "c-1".into(),
+            product_id: "p-1".into(),
+            quantity: 2,
+            amount: Some(Money {
+                currency_code: "EUR".into(),
+                units: 10,
+                nanos: 500_000_000,
+            }),
+            request_id: String::new(),
+            create_time: Some(prost_types::Timestamp {
+                seconds: 1_700_000_000,
+                nanos: 0,
+            }),
+        }
+    }
+
+    #[test]
+    fn valid_order_created_becomes_an_order_awaiting_payment() {
+        let order = validate_created(valid_event()).unwrap();
+        assert_eq!(order.amount_minor, 1050);
+        assert_eq!(order.status, STATUS_AWAITING_PAYMENT);
+        assert_eq!(order.request_id, None);
+    }
+
+    #[test]
+    fn order_created_that_bypassed_validation_is_rejected() {
+        let mut event = valid_event();
+        event.order_id = "not-a-uuid".into();
+        assert!(validate_created(event).is_err());
+        let mut event = valid_event();
+        event.amount = None;
+        assert!(validate_created(event).is_err());
+        let mut event = valid_event();
+        event.quantity = 0;
+        assert!(validate_created(event).is_err());
+    }
+}

@@ -1,0 +1,120 @@
+//! Reads and writes of the `orders` table.
+
+use chrono::{DateTime, Utc};
+use diesel::prelude::*;
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
+use uuid::Uuid;
+
+use oms_api::money;
+use oms_api::orders::v1::{Order, OrderStatus};
+
+use crate::schema::orders;
+
+pub const STATUS_AWAITING_PAYMENT: &str = "AWAITING_PAYMENT";
+pub const STATUS_PAID: &str = "PAID";
+pub const STATUS_CANCELLED: &str = "CANCELLED";
+
+#[derive(Debug, Clone, Insertable)]
+#[diesel(table_name = orders)]
+pub struct NewOrder {
+    pub order_id: Uuid,
+    pub customer_id: String,
+    pub product_id: String,
+    pub quantity: i32,
+    pub amount_minor: i64,
+    pub currency_code: String,
+    pub request_id: Option<String>,
+    pub status: &'static str,
+    pub create_time: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, Queryable, Selectable)]
+#[diesel(table_name = orders)]
+pub struct OrderRow {
+    pub order_id: Uuid,
+    pub customer_id: String,
+    pub product_id: String,
+    pub quantity: i32,
+    pub amount_minor: i64,
+    pub currency_code: String,
+    pub status: String,
+    pub payment_id: Option<Uuid>,
+    pub create_time: DateTime<Utc>,
+    pub update_time: DateTime<Utc>,
+}
+
+impl OrderRow {
+    /// The order as the public API shows it.
+    pub fn into_proto(self) -> Order {
+        let status = match self.status.as_str() {
+            STATUS_AWAITING_PAYMENT => OrderStatus::AwaitingPayment,
+            STATUS_PAID => OrderStatus::Paid,
+            STATUS_CANCELLED => OrderStatus::Cancelled,
+            _ => OrderStatus::Unspecified,
+        };
+        Order {
+            order_id: self.order_id.to_string(),
+            customer_id: self.customer_id,
+            product_id: self.product_id,
+            quantity: self.quantity,
+            amount: Some(money::from_minor_units(
+                &self.currency_code,
+                self.amount_minor,
+            )),
+            status: status as i32,
+            create_time: Some(timestamp(self.create_time)),
+            update_time: Some(timestamp(self.update_time)),
+            payment_id: self.payment_id.map(|id| id.to_string()).unwrap_or_default(),
+        }
+    }
+}
+
+fn timestamp(time: DateTime<Utc>) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: time.timestamp(),
+        nanos: time.timestamp_subsec_nanos() as i32,
+    }
+}
+
+/// Inserts the order unless it exists; returns whether it was new.
+pub async fn insert_if_new(conn: &mut AsyncPgConnection, order: &NewOrder) -> QueryResult<bool> {
+    let inserted = diesel::insert_into(orders::table)
+        .values(order)
+        .on_conflict(orders::order_id)
+        .do_nothing()
+        .execute(conn)
+        .await?;
+    Ok(inserted == 1)
+}
+
+/// Marks an order that awaits payment as paid; returns whether it changed.
+/// A repeated or late event finds nothing to change.
+pub async fn mark_paid(
+    conn: &mut AsyncPgConnection,
+    order_id: Uuid,
+    payment_id: Uuid,
+) -> QueryResult<bool> {
+    let updated = diesel::update(
+        orders::table
+            .filter(orders::order_id.eq(order_id))
+            .filter(orders::status.eq(STATUS_AWAITING_PAYMENT)),
+    )
+    .set((
+        orders::status.eq(STATUS_PAID),
+        orders::payment_id.eq(payment_id),
+        orders::version.eq(orders::version + 1),
+        orders::update_time.eq(diesel::dsl::now),
+    ))
+    .execute(conn)
+    .await?;
+    Ok(updated == 1)
+}
+
+pub async fn find(conn: &mut AsyncPgConnection, order_id: Uuid) -> QueryResult<Option<OrderRow>> {
+    orders::table
+        .find(order_id)
+        .select(OrderRow::as_select())
+        .first(conn)
+        .await
+        .optional()
+}

@@ -1,0 +1,62 @@
+//! Builds and runs the payment service.
+
+use std::net::SocketAddr;
+
+use anyhow::Context;
+use diesel_migrations::{EmbeddedMigrations, embed_migrations};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use oms_common::config::ConfigError;
+use oms_common::db;
+use oms_common::service::{EventService, ServiceConfig};
+use oms_common::topics::{PAYMENT_SUCCEEDED, PROCESS_PAYMENT, TopicNames};
+
+use crate::events::PaymentEvents;
+
+pub const SERVICE_NAME: &str = "payment-service";
+pub const SCHEMA: &str = "payment_service";
+pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("../../migrations/payment");
+
+pub struct Application {
+    config: ServiceConfig,
+    listener: TcpListener,
+}
+
+impl Application {
+    pub fn config_from_env() -> Result<ServiceConfig, ConfigError> {
+        ServiceConfig::from_env("PAYMENT_GRPC_ADDR", "0.0.0.0:50053", "PAYMENT_DATABASE_URL")
+    }
+
+    /// Binds the listener; port 0 picks a free port (see `local_addr`).
+    pub async fn build(config: ServiceConfig) -> anyhow::Result<Self> {
+        let listener = TcpListener::bind(config.grpc_addr)
+            .await
+            .with_context(|| format!("failed to bind {}", config.grpc_addr))?;
+        Ok(Self { config, listener })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener.local_addr().unwrap_or(self.config.grpc_addr)
+    }
+
+    pub async fn run_until(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let topics = TopicNames::new(self.config.kafka.topic_prefix.clone());
+        let pool = db::pool(&self.config.database, SCHEMA);
+        let service = EventService {
+            name: SERVICE_NAME,
+            schema: SCHEMA,
+            migrations: || MIGRATIONS,
+            consumes: vec![topics.name(PROCESS_PAYMENT)],
+            produces: vec![topics.name(PAYMENT_SUCCEEDED)],
+            handler: PaymentEvents {
+                payment_succeeded_topic: topics.name(PAYMENT_SUCCEEDED),
+                source: "/payment-service",
+            },
+            grpc_services: vec![],
+        };
+        service
+            .run(&self.config, pool, self.listener, |routes| routes, shutdown)
+            .await
+    }
+}
