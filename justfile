@@ -1,0 +1,52 @@
+# Recipes for working on the order system. `just --list` shows them all.
+
+set shell := ["bash", "-euo", "pipefail", "-c"]
+
+scripts := "build-support/scripts"
+
+# Lists the recipes.
+default:
+    @just --list
+
+# Runs the whole system: Docker when available, else a local broker,
+# PostgreSQL and the four services. Ctrl-C stops everything.
+run:
+    {{scripts}}/run.sh
+
+# Runs the whole test suite against a real broker and PostgreSQL, starting
+# them if needed. Extra arguments go to `cargo test`.
+test *args: infra
+    cargo build --workspace --bins
+    cargo test --workspace {{args}}
+
+# Starts what the tests and services need: a tansu broker and PostgreSQL.
+infra: broker postgres
+
+# Starts a local tansu broker (installing it on first use).
+broker:
+    {{scripts}}/broker.sh start
+
+# Stops the broker started by `just broker`.
+broker-stop:
+    {{scripts}}/broker.sh stop
+
+# Makes sure PostgreSQL answers, starting a local cluster if none does.
+postgres:
+    {{scripts}}/postgres.sh start
+
+# Stops the local cluster started by `just postgres`.
+postgres-stop:
+    {{scripts}}/postgres.sh stop
+
+# Removes rskafka's 40 ms Nagle stall on loopback (root only).
+quickack:
+    {{scripts}}/quickack.sh
+
+# Formatting, clippy with warnings denied, and protobuf lint.
+lint:
+    cargo fmt --all --check
+    cargo clippy --workspace --all-targets -- -D warnings
+    cd proto && npx --yes @bufbuild/buf@1.75.0 lint
+
+# Lint, then the tests.
+verify: lint test

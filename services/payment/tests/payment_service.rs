@@ -1,0 +1,183 @@
+//! The payment service against a real broker and database.
+
+use std::time::Duration;
+
+use diesel::prelude::*;
+use diesel_async::RunQueryDsl;
+use prost::Message;
+use uuid::Uuid;
+
+use oms_api::orders::events::v1::PaymentSucceeded;
+use oms_api::{Event, EventEnvelope};
+use oms_common::topics::{PAYMENT_SUCCEEDED, PROCESS_PAYMENT, TopicNames, dead_letter_topic};
+use oms_testkit::events::{self, RawRecord, committed_records, forget_offsets, record};
+use oms_testkit::service::{RunningService, service_config};
+use oms_testkit::{TestDatabase, eventually, kafka, unique_topic_prefix};
+use payment_service::schema::payments;
+use payment_service::{Application, SCHEMA};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+async fn start_service(db: &TestDatabase, prefix: &str) -> RunningService {
+    let app = Application::build(service_config(db, prefix))
+        .await
+        .expect("build");
+    let addr = app.local_addr();
+    RunningService::start(addr, |shutdown| app.run_until(shutdown)).await
+}
+
+async fn publish(topics: &TopicNames, topic: &str, record: &RawRecord) {
+    let client = kafka::client().await;
+    let partition = oms_common::kafka::partition_for_key(&record.key, 2);
+    kafka::produce_raw(
+        &client,
+        &topics.name(topic),
+        partition,
+        &record.key,
+        record.value.clone(),
+        record.headers.clone(),
+    )
+    .await;
+}
+
+async fn payments_of(db: &TestDatabase, order_id: Uuid) -> Vec<(Uuid, i64, String, String)> {
+    payments::table
+        .filter(payments::order_id.eq(order_id))
+        .select((
+            payments::payment_id,
+            payments::amount_minor,
+            payments::currency_code,
+            payments::status,
+        ))
+        .load(&mut db.connect(SCHEMA).await)
+        .await
+        .expect("payments")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn process_payment_records_one_payment_and_announces_it() {
+    let db = TestDatabase::create().await;
+    let prefix = unique_topic_prefix();
+    let topics = TopicNames::new(prefix.clone());
+    let service = start_service(&db, &prefix).await;
+    let order_id = Uuid::now_v7();
+    publish(
+        &topics,
+        PROCESS_PAYMENT,
+        &record(
+            &order_id.to_string(),
+            &events::process_payment(&order_id.to_string(), "dan"),
+        ),
+    )
+    .await;
+
+    eventually("the payment row", WAIT, || async {
+        payments_of(&db, order_id).await.len() == 1
+    })
+    .await;
+    let (payment_id, amount_minor, currency, status) = payments_of(&db, order_id).await.remove(0);
+    assert_eq!(
+        (amount_minor, currency.as_str(), status.as_str()),
+        (4250, "EUR", "COMPLETED")
+    );
+
+    let client = kafka::client().await;
+    let topic = topics.name(PAYMENT_SUCCEEDED);
+    eventually("payment-succeeded", WAIT, || async {
+        !kafka::read_topic(&client, &topic).await.is_empty()
+    })
+    .await;
+    let published = kafka::read_topic(&client, &topic).await;
+    assert_eq!(published.len(), 1);
+    let envelope = EventEnvelope::from_headers(&published[0].record.headers).expect("envelope");
+    assert_eq!(envelope.event_type, PaymentSucceeded::TYPE);
+    let event = PaymentSucceeded::decode(published[0].record.value.as_deref().unwrap_or_default())
+        .expect("payload");
+    assert_eq!(event.order_id, order_id.to_string());
+    assert_eq!(event.payment_id, payment_id.to_string());
+    assert_eq!(event.customer_id, "dan");
+    assert_eq!(event.amount, Some(events::euros(42, 50)));
+    service.stop().await.expect("clean shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn redelivered_payment_requests_charge_once() {
+    let db = TestDatabase::create().await;
+    let prefix = unique_topic_prefix();
+    let topics = TopicNames::new(prefix.clone());
+    let service = start_service(&db, &prefix).await;
+    let order_id = Uuid::now_v7();
+    let request = record(
+        &order_id.to_string(),
+        &events::process_payment(&order_id.to_string(), "erin"),
+    );
+    publish(&topics, PROCESS_PAYMENT, &request).await;
+    publish(&topics, PROCESS_PAYMENT, &request).await;
+    let committed = || async {
+        committed_records(&mut db.connect(SCHEMA).await, &topics.name(PROCESS_PAYMENT)).await
+    };
+    eventually("both requests committed", WAIT, || async {
+        committed().await == 2
+    })
+    .await;
+
+    service.stop().await.expect("clean shutdown");
+    forget_offsets(&mut db.connect(SCHEMA).await).await;
+    let service = start_service(&db, &prefix).await;
+    eventually("both requests committed again", WAIT, || async {
+        committed().await == 2
+    })
+    .await;
+
+    assert_eq!(
+        payments_of(&db, order_id).await.len(),
+        1,
+        "one payment per order"
+    );
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let client = kafka::client().await;
+    assert_eq!(
+        kafka::read_topic(&client, &topics.name(PAYMENT_SUCCEEDED))
+            .await
+            .len(),
+        1,
+        "announced once"
+    );
+    service.stop().await.expect("clean shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn invalid_payment_request_is_dead_lettered() {
+    let db = TestDatabase::create().await;
+    let prefix = unique_topic_prefix();
+    let topics = TopicNames::new(prefix.clone());
+    let service = start_service(&db, &prefix).await;
+    let order_id = Uuid::now_v7().to_string();
+    let mut no_amount = events::process_payment(&order_id, "frank");
+    no_amount.amount = None;
+    publish(&topics, PROCESS_PAYMENT, &record(&order_id, &no_amount)).await;
+
+    let client = kafka::client().await;
+    let dlq = dead_letter_topic(&topics.name(PROCESS_PAYMENT));
+    eventually("the dead letter", WAIT, || async {
+        kafka::read_topic(&client, &dlq).await.len() == 1
+    })
+    .await;
+    let dead = kafka::read_topic(&client, &dlq).await.remove(0).record;
+    assert_eq!(dead.headers["dlq_reason"], b"amount is missing");
+    assert_eq!(dead.headers["dlq_source_offset"], b"0");
+    assert!(
+        payments_of(&db, Uuid::parse_str(&order_id).unwrap())
+            .await
+            .is_empty()
+    );
+    service.stop().await.expect("clean shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn health_is_serving_and_reflection_works() {
+    let db = TestDatabase::create().await;
+    let service = start_service(&db, &unique_topic_prefix()).await;
+    oms_testkit::grpc::assert_health_and_reflection(service.addr, &["payment-service"]).await;
+    service.stop().await.expect("clean shutdown");
+}
