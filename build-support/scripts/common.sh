@@ -33,4 +33,4 @@ db_hostport="${db_hostport#*@}"
 db_hostport="${db_hostport%%/*}"
 PG_HOST="${db_hostport%:*}"
 PG_PORT="${db_hostport##*:}"
-[[ "$PG_PORT" == "$PG_HOST" ]] && PG_PORT=5432
+if [[ "$PG_PORT" == "$PG_HOST" ]]; then PG_PORT=5432; fi

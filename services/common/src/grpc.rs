@@ -22,6 +22,11 @@ pub fn health_and_reflection_routes() -> (HealthReporter, Routes) {
         tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(oms_api::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            // Both versions list both reflection services, whichever a
+            // client asks.
+            .include_reflection_service(false)
+            .register_encoded_file_descriptor_set(tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET)
     };
     // The descriptor sets are compiled into the binary, so building from
     // them only fails if the build itself is broken.
