@@ -39,6 +39,16 @@ impl TestDatabase {
         }
     }
 
+    /// Names a database that does not exist yet (but is dropped like any
+    /// other when the test ends), to test that services create it.
+    pub fn not_yet_created() -> Self {
+        let name = format!("oms_test_{}", uuid::Uuid::new_v4().simple());
+        Self {
+            url: admin_url().with_database(&name),
+            name,
+        }
+    }
+
     pub fn config(&self) -> DatabaseConfig {
         DatabaseConfig {
             url: self.url.clone(),

@@ -89,7 +89,8 @@ pub async fn reflection_v1alpha_services(addr: SocketAddr) -> Vec<String> {
 }
 
 /// Asserts that health is SERVING for "" and each of `services`, and that
-/// both reflection versions list health, reflection and `services`.
+/// both reflection versions list exactly health, both reflection versions
+/// and the gRPC services among `services` (the names with a package).
 pub async fn assert_health_and_reflection(addr: SocketAddr, services: &[&str]) {
     wait_until_serving(addr, "", Duration::from_secs(30)).await;
     for service in services {
@@ -99,24 +100,28 @@ pub async fn assert_health_and_reflection(addr: SocketAddr, services: &[&str]) {
             "health of {service}"
         );
     }
-    for listed in [
+    let mut expected: Vec<String> = services
+        .iter()
+        .filter(|s| s.contains('.'))
+        .map(|s| (*s).to_owned())
+        .collect();
+    expected.extend(
+        [
+            "grpc.health.v1.Health",
+            "grpc.reflection.v1.ServerReflection",
+            "grpc.reflection.v1alpha.ServerReflection",
+        ]
+        .map(str::to_owned),
+    );
+    expected.sort_unstable();
+    for mut listed in [
         reflection_v1_services(addr).await,
         reflection_v1alpha_services(addr).await,
     ] {
-        for expected in [
-            "grpc.health.v1.Health",
-            "grpc.reflection.v1.ServerReflection",
-        ] {
-            assert!(
-                listed.iter().any(|s| s == expected),
-                "{expected} missing from {listed:?}"
-            );
-        }
-        for service in services.iter().filter(|s| s.contains('.')) {
-            assert!(
-                listed.iter().any(|s| s == service),
-                "{service} missing from {listed:?}"
-            );
-        }
+        listed.sort_unstable();
+        assert_eq!(
+            listed, expected,
+            "reflection lists exactly the served services"
+        );
     }
 }

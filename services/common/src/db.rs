@@ -93,7 +93,9 @@ pub async fn prepare(
 async fn create_database_if_missing(url: &DatabaseUrl) -> Result<(), DbError> {
     match AsyncPgConnection::establish(url.expose()).await {
         Ok(_) => return Ok(()),
-        Err(ConnectionError::BadConnection(message)) if message.contains("does not exist") => {}
+        // SQLSTATE 3D000 (invalid_catalog_name); diesel-async passes on only
+        // the server's message, in more than one error variant.
+        Err(err) if err.to_string().contains("does not exist") => {}
         Err(err) => return Err(err.into()),
     }
     let name = url.database_name();

@@ -15,18 +15,30 @@ use tonic_health::server::HealthReporter;
 pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
 
 /// Creates the health reporter and the routes that serve health and both
-/// reflection versions, for every proto of the system plus health itself.
-pub fn health_and_reflection_routes() -> (HealthReporter, Routes) {
+/// reflection versions. Reflection lists health, reflection and the
+/// `served` services only, and can describe every type they use, including
+/// the `google.rpc` error details carried by errors.
+pub fn health_and_reflection_routes(served: &[&str]) -> (HealthReporter, Routes) {
     let (reporter, health) = tonic_health::server::health_reporter();
     let builder = || {
-        tonic_reflection::server::Builder::configure()
+        let mut builder = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(oms_api::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-            // Both versions list both reflection services, whichever a
-            // client asks.
-            .include_reflection_service(false)
             .register_encoded_file_descriptor_set(tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(
+                tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
+            )
+            // Listed explicitly below, so both versions list both.
+            .include_reflection_service(false);
+        for name in served.iter().copied().chain([
+            "grpc.health.v1.Health",
+            "grpc.reflection.v1.ServerReflection",
+            "grpc.reflection.v1alpha.ServerReflection",
+        ]) {
+            builder = builder.with_service_name(name);
+        }
+        builder
     };
     // The descriptor sets are compiled into the binary, so building from
     // them only fails if the build itself is broken.

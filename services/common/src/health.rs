@@ -28,8 +28,15 @@ pub struct Readiness {
 impl Readiness {
     /// Creates the reporter, NOT_SERVING everywhere, and the routes that
     /// serve health and reflection; the caller adds its own services to them.
+    /// `service_names` are reported by health; the gRPC ones among them (the
+    /// names with a package) are listed by reflection.
     pub async fn new(service_names: &[&str]) -> (Self, Routes) {
-        let (reporter, routes) = grpc::health_and_reflection_routes();
+        let grpc_services: Vec<&str> = service_names
+            .iter()
+            .copied()
+            .filter(|name| name.contains('.'))
+            .collect();
+        let (reporter, routes) = grpc::health_and_reflection_routes(&grpc_services);
         let readiness = Self {
             reporter,
             service_names: service_names

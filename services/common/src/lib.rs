@@ -6,6 +6,7 @@
 pub mod config;
 pub mod consumer;
 pub mod db;
+pub mod entrypoint;
 pub mod grpc;
 pub mod health;
 pub mod kafka;

@@ -181,3 +181,12 @@ async fn health_is_serving_and_reflection_works() {
     oms_testkit::grpc::assert_health_and_reflection(service.addr, &["payment-service"]).await;
     service.stop().await.expect("clean shutdown");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_missing_database_is_created_at_start_up() {
+    let db = TestDatabase::not_yet_created();
+    let service = start_service(&db, &unique_topic_prefix()).await;
+    // Serving means it connected and migrated; the table is there and empty.
+    assert!(payments_of(&db, Uuid::now_v7()).await.is_empty());
+    service.stop().await.expect("clean shutdown");
+}
