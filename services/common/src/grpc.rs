@@ -14,6 +14,10 @@ use tonic_health::server::HealthReporter;
 /// hundred bytes; anything near this is abuse.
 pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
 
+/// Requests one connection may have in flight; more wait their turn, so one
+/// client cannot pile up unbounded work.
+const MAX_CONCURRENT_REQUESTS_PER_CONNECTION: usize = 256;
+
 /// Creates the health reporter and the routes that serve health and both
 /// reflection versions. Reflection lists health, reflection and the
 /// `served` services only, and can describe every type they use, including
@@ -66,6 +70,7 @@ pub async fn serve(
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     tonic::transport::Server::builder()
         .timeout(Duration::from_secs(30))
+        .concurrency_limit_per_connection(MAX_CONCURRENT_REQUESTS_PER_CONNECTION)
         .add_routes(routes)
         .serve_with_incoming_shutdown(incoming, stop.cancelled_owned())
         .await

@@ -7,6 +7,8 @@ use tonic_types::{ErrorDetails, FieldViolation, StatusExt};
 pub enum GatewayError {
     #[error("invalid request: {}", describe(.0))]
     InvalidArgument(Vec<FieldViolation>),
+    #[error("request_id {0:?} was already used for a different order")]
+    RequestIdReused(String),
     #[error("order {0} not found (it may not be recorded yet)")]
     NotFound(String),
     #[error("the order could not be published: {0}")]
@@ -33,6 +35,7 @@ impl From<GatewayError> for Status {
                 err.to_string(),
                 ErrorDetails::with_bad_request(violations.clone()),
             ),
+            GatewayError::RequestIdReused(_) => Status::already_exists(err.to_string()),
             GatewayError::NotFound(_) => Status::not_found(err.to_string()),
             GatewayError::BrokerUnavailable(_) | GatewayError::OrderServiceUnavailable(_) => {
                 tracing::warn!(error = %err, "dependency unavailable");

@@ -3,6 +3,7 @@
 //! acknowledged it, and serves reads by asking the order service.
 
 pub mod error;
+pub mod idempotency;
 pub mod service;
 pub mod startup;
 pub mod validation;

@@ -19,7 +19,8 @@ use oms_common::kafka::{KeyedRecord, Producer};
 use tonic_types::FieldViolation;
 
 use crate::error::GatewayError;
-use crate::validation::validate_create_order;
+use crate::idempotency;
+use crate::validation::{ValidOrder, validate_create_order};
 
 /// The CloudEvents source of the events the gateway publishes.
 const SOURCE: &str = "/gateway";
@@ -37,16 +38,45 @@ pub struct Gateway {
 impl Gateway {
     async fn create_order(&self, request: CreateOrderRequest) -> Result<Order, GatewayError> {
         let order = validate_create_order(request).map_err(GatewayError::InvalidArgument)?;
+        let order_id = idempotency::order_id_for(&order);
+        if let Some(request_id) = &order.request_id {
+            // A failed look-up is no reason to refuse: publishing a derived
+            // id again is harmless.
+            if let Ok(Some(recorded)) = self.find_order(&order_id.to_string()).await {
+                if idempotency::is_same_order(&recorded, &order) {
+                    tracing::info!(%order_id, "retried request answered with the recorded order");
+                    return Ok(recorded);
+                }
+                return Err(GatewayError::RequestIdReused(request_id.clone()));
+            }
+        }
+        let create_time = timestamp_now();
+        self.publish(order_id, &order, create_time).await?;
+        tracing::info!(%order_id, customer_id = %order.customer_id, "order accepted");
+        Ok(Order {
+            order_id: order_id.to_string(),
+            customer_id: order.customer_id,
+            product_id: order.product_id,
+            quantity: order.quantity,
+            amount: Some(order.amount),
+            status: OrderStatus::Pending as i32,
+            create_time: Some(create_time),
+            update_time: Some(create_time),
+            payment_id: String::new(),
+        })
+    }
+
+    /// Publishes `order-created` and returns once the broker acknowledged it.
+    async fn publish(
+        &self,
+        order_id: Uuid,
+        order: &ValidOrder,
+        create_time: prost_types::Timestamp,
+    ) -> Result<(), GatewayError> {
         let producer = self.producer.get().ok_or_else(|| {
             GatewayError::BrokerUnavailable("not connected to the broker yet".into())
         })?;
-
-        let order_id = Uuid::now_v7().to_string();
-        let now = Utc::now();
-        let create_time = prost_types::Timestamp {
-            seconds: now.timestamp(),
-            nanos: now.timestamp_subsec_nanos() as i32,
-        };
+        let order_id = order_id.to_string();
         let event = OrderCreated {
             order_id: order_id.clone(),
             customer_id: order.customer_id.clone(),
@@ -61,57 +91,33 @@ impl Gateway {
             value: prost::Message::encode_to_vec(&event),
             headers: EventEnvelope::new::<OrderCreated>(SOURCE, &order_id).to_headers(),
         };
-        match tokio::time::timeout(
-            self.publish_timeout,
-            producer.produce(&self.order_created_topic, vec![record]),
-        )
-        .await
-        {
-            Ok(Ok(())) => {}
-            Ok(Err(err)) => return Err(GatewayError::BrokerUnavailable(err.to_string())),
-            Err(_) => {
-                return Err(GatewayError::BrokerUnavailable(format!(
-                    "no acknowledgement within {:?}",
-                    self.publish_timeout
-                )));
-            }
+        let send = producer.produce(&self.order_created_topic, vec![record]);
+        match tokio::time::timeout(self.publish_timeout, send).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(err)) => Err(GatewayError::BrokerUnavailable(err.to_string())),
+            Err(_) => Err(GatewayError::BrokerUnavailable(format!(
+                "no acknowledgement within {:?}",
+                self.publish_timeout
+            ))),
         }
-        tracing::info!(%order_id, customer_id = %order.customer_id, "order accepted");
-        Ok(Order {
-            order_id,
-            customer_id: order.customer_id,
-            product_id: order.product_id,
-            quantity: order.quantity,
-            amount: Some(order.amount),
-            status: OrderStatus::Pending as i32,
-            create_time: Some(create_time),
-            update_time: Some(create_time),
-            payment_id: String::new(),
-        })
     }
 
-    async fn get_order(&self, request: GetOrderRequest) -> Result<Order, GatewayError> {
-        if Uuid::parse_str(&request.order_id).is_err() {
-            return Err(GatewayError::InvalidArgument(vec![FieldViolation::new(
-                "order_id",
-                "must be a UUID",
-            )]));
-        }
+    /// Asks the order service for an order; `None` when it is not recorded.
+    async fn find_order(&self, order_id: &str) -> Result<Option<Order>, GatewayError> {
         let response = self
             .orders
             .clone()
             .get_order(InternalGetOrderRequest {
-                order_id: request.order_id.clone(),
+                order_id: order_id.to_owned(),
             })
             .await;
         match response {
             Ok(response) => response
                 .into_inner()
                 .order
+                .map(Some)
                 .ok_or_else(|| GatewayError::Internal("response without an order".into())),
-            Err(status) if status.code() == Code::NotFound => {
-                Err(GatewayError::NotFound(request.order_id))
-            }
+            Err(status) if status.code() == Code::NotFound => Ok(None),
             Err(status) if status.code() == Code::InvalidArgument => {
                 Err(GatewayError::InvalidArgument(vec![FieldViolation::new(
                     "order_id",
@@ -122,6 +128,26 @@ impl Gateway {
                 status.message().to_owned(),
             )),
         }
+    }
+
+    async fn get_order(&self, request: GetOrderRequest) -> Result<Order, GatewayError> {
+        if Uuid::parse_str(&request.order_id).is_err() {
+            return Err(GatewayError::InvalidArgument(vec![FieldViolation::new(
+                "order_id",
+                "must be a UUID",
+            )]));
+        }
+        self.find_order(&request.order_id)
+            .await?
+            .ok_or(GatewayError::NotFound(request.order_id))
+    }
+}
+
+fn timestamp_now() -> prost_types::Timestamp {
+    let now = Utc::now();
+    prost_types::Timestamp {
+        seconds: now.timestamp(),
+        nanos: now.timestamp_subsec_nanos() as i32,
     }
 }
 
