@@ -19,6 +19,12 @@ test *args: infra
     cargo build --workspace --bins
     cargo test --workspace {{args}}
 
+# Only the fault tests: SIGKILLed services, broker and database outages.
+# (`just test` runs them too.)
+test-faults: infra
+    cargo build --workspace --bins
+    cargo test -p oms-e2e --test faults -- --nocapture
+
 # Starts what the tests and services need: a tansu broker and PostgreSQL.
 infra: broker postgres
 

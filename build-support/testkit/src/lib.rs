@@ -5,12 +5,15 @@
 //! infrastructure fails the test with a message that says how to start it;
 //! nothing is skipped silently.
 
+pub mod audit;
+pub mod broker;
 pub mod database;
 pub mod events;
 pub mod grpc;
 pub mod kafka;
 pub mod process;
 pub mod service;
+pub mod system;
 
 use std::future::Future;
 use std::time::Duration;

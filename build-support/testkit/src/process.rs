@@ -33,7 +33,12 @@ impl ServiceProcess {
         let log_dir = binary_dir().join("test-logs");
         std::fs::create_dir_all(&log_dir).expect("create log dir");
         let log = log_dir.join(format!("{log_tag}{name}.log"));
-        let file = std::fs::File::create(&log).expect("create log file");
+        // Appended to, so a restarted process keeps its predecessor's log.
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .expect("open log file");
         let child = Command::new(&binary)
             .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
             .env(
@@ -59,6 +64,12 @@ impl ServiceProcess {
             .arg(self.child.id().to_string())
             .status();
         self.child.wait().expect("wait for service")
+    }
+
+    /// Kills the process with SIGKILL, as a crash would, and reaps it.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 

@@ -11,7 +11,9 @@ use tonic::transport::Channel;
 use tonic_types::StatusExt;
 use uuid::Uuid;
 
-use gateway::{Application, GatewayConfig};
+mod support;
+
+use gateway::Application;
 use oms_api::google::r#type::Money;
 use oms_api::orders::events::v1::OrderCreated;
 use oms_api::orders::v1::order_service_client::OrderServiceClient;
@@ -20,25 +22,7 @@ use oms_api::{Event, EventEnvelope};
 use oms_common::topics::{ORDER_CREATED, TopicNames};
 use oms_testkit::service::{RunningService, service_config};
 use oms_testkit::{TestDatabase, eventually, kafka, unique_topic_prefix};
-
-fn gateway_config(prefix: &str, order_service: Option<SocketAddr>) -> GatewayConfig {
-    GatewayConfig {
-        grpc_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
-        order_service_url: format!(
-            "http://{}",
-            order_service.unwrap_or(SocketAddr::from(([127, 0, 0, 1], 9)))
-        ),
-        kafka: kafka::test_config(prefix),
-        shutdown_grace: Duration::from_secs(5),
-        publish_timeout: Duration::from_secs(5),
-    }
-}
-
-async fn start_gateway(config: GatewayConfig) -> RunningService {
-    let app = Application::build(config).await.expect("build");
-    let addr = app.local_addr();
-    RunningService::start(addr, |shutdown| app.run_until(shutdown)).await
-}
+use support::{gateway_config, start_gateway};
 
 async fn client(addr: SocketAddr) -> OrderServiceClient<Channel> {
     OrderServiceClient::new(oms_testkit::grpc::channel(addr).await)
@@ -160,7 +144,10 @@ async fn concurrent_orders_get_distinct_ids() {
         let mut client = client.clone();
         async move {
             client
-                .create_order(valid_request())
+                .create_order(CreateOrderRequest {
+                    request_id: String::new(),
+                    ..valid_request()
+                })
                 .await
                 .expect("create")
                 .into_inner()

@@ -105,3 +105,70 @@ async fn health_is_serving_and_reflection_works() {
     oms_testkit::grpc::assert_health_and_reflection(service.addr, &["notification-service"]).await;
     service.stop().await.expect("clean shutdown");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn poison_on_either_topic_is_dead_lettered_and_valid_events_still_count() {
+    let db = TestDatabase::create().await;
+    let prefix = unique_topic_prefix();
+    let topics = TopicNames::new(prefix.clone());
+    let service = start_service(&db, &prefix).await;
+    let order_id = Uuid::now_v7();
+    let id = order_id.to_string();
+    let garbage = RawRecord {
+        key: id.as_bytes().to_vec(),
+        value: vec![0xff; 7],
+        headers: Default::default(),
+    };
+    let mut unknown_type = record(&id, &events::order_created(&id, "hana"));
+    unknown_type
+        .headers
+        .insert("ce_type".into(), b"orders.events.v1.OrderShipped".to_vec());
+    let mut no_amount = events::payment_succeeded(&id, &Uuid::now_v7().to_string(), "hana");
+    no_amount.amount = None;
+    // Poison first, then the valid events behind it on the same partitions.
+    publish(&topics, ORDER_CREATED, &garbage).await;
+    publish(&topics, PAYMENT_SUCCEEDED, &unknown_type).await;
+    publish(&topics, PAYMENT_SUCCEEDED, &record(&id, &no_amount)).await;
+    publish(
+        &topics,
+        ORDER_CREATED,
+        &record(&id, &events::order_created(&id, "hana")),
+    )
+    .await;
+    publish(
+        &topics,
+        PAYMENT_SUCCEEDED,
+        &record(
+            &id,
+            &events::payment_succeeded(&id, &Uuid::now_v7().to_string(), "hana"),
+        ),
+    )
+    .await;
+
+    eventually("both notifications", WAIT, || async {
+        notifications_of(&db, order_id).await.len() == 2
+    })
+    .await;
+    let client = kafka::client().await;
+    let created_dlq = oms_common::topics::dead_letter_topic(&topics.name(ORDER_CREATED));
+    let paid_dlq = oms_common::topics::dead_letter_topic(&topics.name(PAYMENT_SUCCEEDED));
+    eventually("three dead letters", WAIT, || async {
+        kafka::read_topic(&client, &created_dlq).await.len() == 1
+            && kafka::read_topic(&client, &paid_dlq).await.len() == 2
+    })
+    .await;
+    let reasons: Vec<String> = kafka::read_topic(&client, &paid_dlq)
+        .await
+        .into_iter()
+        .map(|r| String::from_utf8_lossy(&r.record.headers["dlq_reason"]).into_owned())
+        .collect();
+    assert!(
+        reasons.iter().any(|r| r.contains("unknown ce_type")),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons.iter().any(|r| r.contains("amount is missing")),
+        "{reasons:?}"
+    );
+    service.stop().await.expect("clean shutdown");
+}

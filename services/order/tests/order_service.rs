@@ -280,6 +280,45 @@ async fn poison_records_go_to_the_dead_letter_topic_and_consumption_continues() 
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_payment_event_that_does_not_decode_is_dead_lettered() {
+    let app = spawn_app().await;
+    let order_id = Uuid::now_v7().to_string();
+    app.publish(
+        ORDER_CREATED,
+        &record(&order_id, &events::order_created(&order_id, "zoe")),
+    )
+    .await;
+    app.wait_for_status(&order_id, OrderStatus::AwaitingPayment)
+        .await;
+    let bad_payment_id = record(
+        &order_id,
+        &events::payment_succeeded(&order_id, "not-a-uuid", "zoe"),
+    );
+    app.publish(PAYMENT_SUCCEEDED, &bad_payment_id).await;
+    let payment_id = Uuid::now_v7().to_string();
+    app.publish(
+        PAYMENT_SUCCEEDED,
+        &record(
+            &order_id,
+            &events::payment_succeeded(&order_id, &payment_id, "zoe"),
+        ),
+    )
+    .await;
+
+    let order = app.wait_for_status(&order_id, OrderStatus::Paid).await;
+    assert_eq!(
+        order.payment_id, payment_id,
+        "the valid event, not the poison one"
+    );
+    let dlq = dead_letter_topic(&app.topics.name(PAYMENT_SUCCEEDED));
+    eventually("the dead letter", WAIT, || async {
+        kafka::read_topic(&app.kafka, &dlq).await.len() == 1
+    })
+    .await;
+    app.service.stop().await.expect("clean shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn unknown_and_malformed_order_ids_get_clear_errors() {
     let app = spawn_app().await;
     let missing = app

@@ -1,0 +1,136 @@
+//! Counting what the system recorded, to prove that every accepted order
+//! completed exactly once: one paid order, one matching payment and one
+//! notification of each kind, and nothing else.
+
+use std::time::Duration;
+
+use diesel::sql_types::{Array, BigInt, Text, Uuid as SqlUuid};
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
+use uuid::Uuid;
+
+use crate::TestDatabase;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Audit {
+    pub orders: i64,
+    pub paid_orders: i64,
+    pub payments: i64,
+    pub order_received_notifications: i64,
+    pub payment_succeeded_notifications: i64,
+    /// Paid orders whose payment row is missing or differs (id or amount).
+    pub mismatched_payments: i64,
+    /// Accepted orders that are not paid (yet).
+    pub unpaid_accepted: Vec<String>,
+}
+
+impl Audit {
+    /// What a run that accepted `n` orders must end with.
+    pub fn exactly_once(n: usize) -> Self {
+        let n = n as i64;
+        Self {
+            orders: n,
+            paid_orders: n,
+            payments: n,
+            order_received_notifications: n,
+            payment_succeeded_notifications: n,
+            mismatched_payments: 0,
+            unpaid_accepted: Vec::new(),
+        }
+    }
+}
+
+#[derive(diesel::QueryableByName)]
+struct Count {
+    #[diesel(sql_type = BigInt)]
+    count: i64,
+}
+
+#[derive(diesel::QueryableByName)]
+struct Id {
+    #[diesel(sql_type = Text)]
+    id: String,
+}
+
+async fn count(conn: &mut AsyncPgConnection, sql: &'static str) -> i64 {
+    diesel::sql_query(sql)
+        .get_result::<Count>(conn)
+        .await
+        .map(|c| c.count)
+        .unwrap_or(-1)
+}
+
+/// Counts what the services recorded in `db` for the `accepted` order ids.
+pub async fn audit(db: &TestDatabase, accepted: &[Uuid]) -> Audit {
+    let mut conn = db.connect("public").await;
+    let unpaid_accepted = diesel::sql_query(
+        "SELECT a.id::text AS id FROM unnest($1) AS a(id) \
+         WHERE NOT EXISTS (SELECT 1 FROM order_service.orders o WHERE o.order_id = a.id AND o.status = 'PAID')",
+    )
+    .bind::<Array<SqlUuid>, _>(accepted)
+    .load::<Id>(&mut conn)
+    .await
+    .map(|ids| ids.into_iter().map(|i| i.id).collect())
+    .unwrap_or_else(|_| vec!["<query failed>".into()]);
+    Audit {
+        orders: count(&mut conn, "SELECT count(*) AS count FROM order_service.orders").await,
+        paid_orders: count(
+            &mut conn,
+            "SELECT count(*) AS count FROM order_service.orders WHERE status = 'PAID' AND payment_id IS NOT NULL",
+        )
+        .await,
+        payments: count(&mut conn, "SELECT count(*) AS count FROM payment_service.payments").await,
+        order_received_notifications: count(
+            &mut conn,
+            "SELECT count(*) AS count FROM notification_service.notifications WHERE kind = 'ORDER_RECEIVED'",
+        )
+        .await,
+        payment_succeeded_notifications: count(
+            &mut conn,
+            "SELECT count(*) AS count FROM notification_service.notifications WHERE kind = 'PAYMENT_SUCCEEDED'",
+        )
+        .await,
+        mismatched_payments: count(
+            &mut conn,
+            "SELECT count(*) AS count FROM order_service.orders o \
+             LEFT JOIN payment_service.payments p ON p.order_id = o.order_id \
+             WHERE o.status = 'PAID' AND (p.payment_id IS DISTINCT FROM o.payment_id \
+                OR p.amount_minor IS DISTINCT FROM o.amount_minor)",
+        )
+        .await,
+        unpaid_accepted,
+    }
+}
+
+/// Waits until the audit shows every accepted order completed exactly once,
+/// then waits a little longer and checks nothing more appeared; panics with
+/// the last audit otherwise.
+pub async fn assert_completed_exactly_once(
+    db: &TestDatabase,
+    accepted: &[Uuid],
+    timeout: Duration,
+) {
+    let expected = Audit::exactly_once(accepted.len());
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let seen = audit(db, accepted).await;
+        if seen == expected {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not every accepted order completed exactly once within {timeout:?}:\n expected {expected:?}\n      saw {:?}",
+            Audit {
+                unpaid_accepted: seen.unpaid_accepted.iter().take(5).cloned().collect(),
+                ..seen
+            }
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Late duplicates would show up now.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        audit(db, accepted).await,
+        expected,
+        "something changed after completion"
+    );
+}

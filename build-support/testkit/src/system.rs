@@ -1,0 +1,130 @@
+//! The whole system as real processes: the four service binaries on free
+//! ports, sharing one test database and topic prefix.
+
+use std::net::{SocketAddr, TcpListener};
+use std::time::Duration;
+
+use tonic::transport::Channel;
+
+use oms_api::orders::v1::order_service_client::OrderServiceClient;
+
+use crate::grpc::{self, ServingStatus};
+use crate::process::ServiceProcess;
+use crate::{TestDatabase, eventually};
+
+pub const GATEWAY: &str = "gateway";
+pub const ORDER: &str = "order-service";
+pub const PAYMENT: &str = "payment-service";
+pub const NOTIFICATION: &str = "notification-service";
+
+/// A free port on loopback, for a process to bind after us.
+pub fn free_port() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.local_addr().expect("addr")
+}
+
+pub struct System {
+    pub prefix: String,
+    env: Vec<(&'static str, String)>,
+    services: Vec<(ServiceProcess, SocketAddr)>,
+}
+
+impl System {
+    /// Starts the four services against `db` and `brokers`, plus any `extra`
+    /// environment, and waits until each serves.
+    pub async fn start(
+        db: &TestDatabase,
+        brokers: &str,
+        prefix: &str,
+        extra: &[(&'static str, String)],
+    ) -> Self {
+        let addrs: Vec<SocketAddr> = (0..4).map(|_| free_port()).collect();
+        let mut env = vec![
+            ("KAFKA_BROKERS", brokers.to_owned()),
+            ("KAFKA_TOPIC_PREFIX", prefix.to_owned()),
+            ("KAFKA_TOPIC_PARTITIONS", "3".to_owned()),
+            ("DATABASE_URL", db.url.expose().to_owned()),
+            ("GATEWAY_GRPC_ADDR", addrs[0].to_string()),
+            ("ORDER_GRPC_ADDR", addrs[1].to_string()),
+            ("PAYMENT_GRPC_ADDR", addrs[2].to_string()),
+            ("NOTIFICATION_GRPC_ADDR", addrs[3].to_string()),
+            ("ORDER_SERVICE_URL", format!("http://{}", addrs[1])),
+        ];
+        env.extend(extra.iter().cloned());
+        let mut system = Self {
+            prefix: prefix.to_owned(),
+            env,
+            services: Vec::new(),
+        };
+        // The order service first: the gateway reads through it.
+        for (name, addr) in [
+            (ORDER, addrs[1]),
+            (PAYMENT, addrs[2]),
+            (NOTIFICATION, addrs[3]),
+            (GATEWAY, addrs[0]),
+        ] {
+            let process = ServiceProcess::spawn(name, &system.env, prefix);
+            system.services.push((process, addr));
+        }
+        for name in [ORDER, PAYMENT, NOTIFICATION, GATEWAY] {
+            system
+                .wait_until_serving(name, Duration::from_secs(60))
+                .await;
+        }
+        system
+    }
+
+    /// Starts the system on the shared test broker with a fresh topic prefix.
+    pub async fn start_on_test_broker(db: &TestDatabase) -> Self {
+        let brokers = crate::kafka::brokers().join(",");
+        Self::start(db, &brokers, &crate::unique_topic_prefix(), &[]).await
+    }
+
+    pub fn addr(&self, name: &str) -> SocketAddr {
+        self.entry(name).1
+    }
+
+    fn entry(&self, name: &str) -> &(ServiceProcess, SocketAddr) {
+        self.services
+            .iter()
+            .find(|(p, _)| p.name == name)
+            .expect("known service")
+    }
+
+    pub async fn wait_until_serving(&self, name: &str, timeout: Duration) {
+        let (process, addr) = self.entry(name);
+        let what = format!("{name} to serve (log: {})", process.log.display());
+        eventually(&what, timeout, || async {
+            grpc::health(*addr, "").await == Some(ServingStatus::Serving)
+        })
+        .await;
+    }
+
+    /// Kills the service with SIGKILL and starts it again on the same port.
+    pub fn crash_and_restart(&mut self, name: &str) {
+        let index = self
+            .services
+            .iter()
+            .position(|(p, _)| p.name == name)
+            .expect("known service");
+        self.services[index].0.kill();
+        self.services[index].0 = ServiceProcess::spawn(name, &self.env, &self.prefix);
+    }
+
+    pub async fn gateway(&self) -> OrderServiceClient<Channel> {
+        OrderServiceClient::new(grpc::channel(self.addr(GATEWAY)).await)
+    }
+
+    /// Stops every service with SIGTERM and asserts each exits 0.
+    pub fn shut_down(self) {
+        for (process, _) in self.services {
+            let (name, log) = (process.name.clone(), process.log.clone());
+            let status = process.terminate();
+            assert!(
+                status.success(),
+                "{name} exited with {status} on SIGTERM (log: {})",
+                log.display()
+            );
+        }
+    }
+}

@@ -1,0 +1,197 @@
+//! Idempotent CreateOrder: the same customer_id + request_id always names
+//! the same order, and exactly one order exists downstream.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+mod support;
+
+use diesel::prelude::*;
+use diesel_async::RunQueryDsl;
+use tonic::Code;
+
+use oms_api::google::r#type::Money;
+use oms_api::orders::v1::order_service_client::OrderServiceClient;
+use oms_api::orders::v1::{CreateOrderRequest, GetOrderRequest, OrderStatus};
+use oms_testkit::service::{RunningService, service_config};
+use oms_testkit::{TestDatabase, eventually, unique_topic_prefix};
+use order_service::schema::orders;
+use support::{gateway_config, start_gateway};
+
+struct Harness {
+    db: TestDatabase,
+    order_service: RunningService,
+    gateway: RunningService,
+}
+
+async fn start() -> Harness {
+    let db = TestDatabase::create().await;
+    let prefix = unique_topic_prefix();
+    let app = order_service::Application::build(service_config(&db, &prefix))
+        .await
+        .expect("build");
+    let order_addr = app.local_addr();
+    let order_service = RunningService::start(order_addr, |shutdown| app.run_until(shutdown)).await;
+    let gateway = start_gateway(gateway_config(&prefix, Some(order_addr))).await;
+    Harness {
+        db,
+        order_service,
+        gateway,
+    }
+}
+
+impl Harness {
+    async fn client(&self) -> OrderServiceClient<tonic::transport::Channel> {
+        OrderServiceClient::new(oms_testkit::grpc::channel(self.gateway.addr).await)
+    }
+
+    async fn recorded_orders(&self, customer: &str) -> i64 {
+        orders::table
+            .filter(orders::customer_id.eq(customer))
+            .count()
+            .get_result(&mut self.db.connect(order_service::SCHEMA).await)
+            .await
+            .expect("count")
+    }
+
+    async fn stop(self) {
+        self.gateway.stop().await.expect("clean shutdown");
+        self.order_service.stop().await.expect("clean shutdown");
+    }
+}
+
+fn request(customer: &str, request_id: &str, units: i64) -> CreateOrderRequest {
+    CreateOrderRequest {
+        customer_id: customer.into(),
+        product_id: "sku-1".into(),
+        quantity: 1,
+        amount: Some(Money {
+            currency_code: "EUR".into(),
+            units,
+            nanos: 0,
+        }),
+        request_id: request_id.into(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_same_request_sent_ten_times_concurrently_yields_one_order() {
+    let harness = start().await;
+    let client = harness.client().await;
+    let calls = (0..10).map(|_| {
+        let mut client = client.clone();
+        async move {
+            client
+                .create_order(request("ivy", "checkout-1", 30))
+                .await
+                .expect("create")
+                .into_inner()
+        }
+    });
+    let ids: HashSet<String> = futures::future::join_all(calls)
+        .await
+        .into_iter()
+        .map(|o| o.order_id)
+        .collect();
+    assert_eq!(ids.len(), 1, "one order id for one request: {ids:?}");
+
+    eventually(
+        "the order to be recorded",
+        Duration::from_secs(20),
+        || async { harness.recorded_orders("ivy").await == 1 },
+    )
+    .await;
+    // Let any duplicate event be consumed before counting again.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        harness.recorded_orders("ivy").await,
+        1,
+        "exactly one order downstream"
+    );
+    harness.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_retry_of_a_recorded_order_returns_it_as_it_is_now() {
+    let harness = start().await;
+    let mut client = harness.client().await;
+    let first = client
+        .create_order(request("jack", "checkout-2", 12))
+        .await
+        .expect("create")
+        .into_inner();
+    eventually("the order to be recorded", Duration::from_secs(20), || {
+        let mut client = client.clone();
+        let order_id = first.order_id.clone();
+        async move { client.get_order(GetOrderRequest { order_id }).await.is_ok() }
+    })
+    .await;
+
+    let retry = client
+        .create_order(request("jack", "checkout-2", 12))
+        .await
+        .expect("retry")
+        .into_inner();
+    assert_eq!(retry.order_id, first.order_id);
+    assert_eq!(
+        retry.status,
+        OrderStatus::AwaitingPayment as i32,
+        "the recorded state, not PENDING"
+    );
+    assert_eq!(harness.recorded_orders("jack").await, 1);
+    harness.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_request_id_reused_for_a_different_order_is_refused() {
+    let harness = start().await;
+    let mut client = harness.client().await;
+    let first = client
+        .create_order(request("kim", "checkout-3", 12))
+        .await
+        .expect("create")
+        .into_inner();
+    eventually(
+        "the order to be recorded",
+        Duration::from_secs(20),
+        || async { harness.recorded_orders("kim").await == 1 },
+    )
+    .await;
+
+    let status = client
+        .create_order(request("kim", "checkout-3", 99))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::AlreadyExists, "{status:?}");
+    assert!(status.message().contains("checkout-3"));
+    // Another customer may use the same key for an order of their own.
+    let other = client
+        .create_order(request("lee", "checkout-3", 99))
+        .await
+        .expect("create")
+        .into_inner();
+    assert_ne!(other.order_id, first.order_id);
+    harness.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn requests_without_a_request_id_each_create_an_order() {
+    let harness = start().await;
+    let mut client = harness.client().await;
+    let a = client
+        .create_order(request("max", "", 5))
+        .await
+        .expect("create")
+        .into_inner();
+    let b = client
+        .create_order(request("max", "", 5))
+        .await
+        .expect("create")
+        .into_inner();
+    assert_ne!(a.order_id, b.order_id);
+    eventually("both orders recorded", Duration::from_secs(20), || async {
+        harness.recorded_orders("max").await == 2
+    })
+    .await;
+    harness.stop().await;
+}
