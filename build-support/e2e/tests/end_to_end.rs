@@ -9,9 +9,9 @@ use uuid::Uuid;
 
 use oms_api::google::r#type::Money;
 use oms_api::orders::v1::{CreateOrderRequest, GetOrderRequest, OrderStatus};
+use oms_testkit::TestDatabase;
 use oms_testkit::audit::assert_completed_exactly_once;
 use oms_testkit::system::System;
-use oms_testkit::TestDatabase;
 
 const ORDERS: usize = 30;
 

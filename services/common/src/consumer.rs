@@ -274,9 +274,15 @@ impl<H: EventHandler> Consumer<H> {
             self.relay_wakeup.notify_one();
         }
         self.stats.processed.fetch_add(applied, Ordering::Relaxed);
-        self.stats
-            .dead_lettered
-            .fetch_add(dead_letters, Ordering::Relaxed);
+        if dead_letters > 0 {
+            // Counted once committed, so a retried batch is not counted twice.
+            let total = self
+                .stats
+                .dead_lettered
+                .fetch_add(dead_letters, Ordering::Relaxed)
+                + dead_letters;
+            tracing::warn!(%topic, partition, dead_letters, total, "dead letters committed");
+        }
         Ok(())
     }
 }
