@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 
 use chrono::{DateTime, SecondsFormat, Utc};
 
-use crate::orders::events::v1::{OrderCreated, PaymentSucceeded, ProcessPayment};
+use crate::orders::events::v1::{OrderCreated, PaymentFailed, PaymentSucceeded, ProcessPayment};
 
 pub const SPEC_VERSION: &str = "1.0";
 pub const CONTENT_TYPE: &str = "application/protobuf";
@@ -31,6 +31,10 @@ impl Event for ProcessPayment {
 
 impl Event for PaymentSucceeded {
     const TYPE: &'static str = "orders.events.v1.PaymentSucceeded";
+}
+
+impl Event for PaymentFailed {
+    const TYPE: &'static str = "orders.events.v1.PaymentFailed";
 }
 
 /// The CloudEvents attributes of one record.

@@ -4,6 +4,7 @@
 pub const ORDER_CREATED: &str = "order-created";
 pub const PROCESS_PAYMENT: &str = "process-payment";
 pub const PAYMENT_SUCCEEDED: &str = "payment-succeeded";
+pub const PAYMENT_FAILED: &str = "payment-failed";
 
 /// The suffix of a topic's dead-letter topic.
 pub const DEAD_LETTER_SUFFIX: &str = ".dlq";

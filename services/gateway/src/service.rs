@@ -63,6 +63,7 @@ impl Gateway {
             create_time: Some(create_time),
             update_time: Some(create_time),
             payment_id: String::new(),
+            failure_reason: String::new(),
         })
     }
 

@@ -7,7 +7,7 @@ use uuid::Uuid;
 
 use oms_api::Event;
 use oms_api::money;
-use oms_api::orders::events::v1::{OrderCreated, PaymentSucceeded};
+use oms_api::orders::events::v1::{OrderCreated, PaymentFailed, PaymentSucceeded};
 use oms_common::consumer::{EventHandler, InboundRecord, Rejection};
 use oms_common::outbox::OutboxMessage;
 
@@ -15,6 +15,7 @@ use crate::schema::notifications;
 
 pub const KIND_ORDER_RECEIVED: &str = "ORDER_RECEIVED";
 pub const KIND_PAYMENT_SUCCEEDED: &str = "PAYMENT_SUCCEEDED";
+pub const KIND_PAYMENT_FAILED: &str = "PAYMENT_FAILED";
 
 #[derive(Debug, Clone, Insertable)]
 #[diesel(table_name = notifications)]
@@ -65,6 +66,18 @@ impl EventHandler for NotificationEvents {
                     ),
                     customer_id: required_customer(event.customer_id)?,
                     kind: KIND_PAYMENT_SUCCEEDED,
+                })
+            }
+            PaymentFailed::TYPE => {
+                let event: PaymentFailed = record.decode()?;
+                Ok(NewNotification {
+                    order_id: parse_order_id(&event.order_id)?,
+                    message: format!(
+                        "your payment for order {} was declined ({}); the order is cancelled",
+                        event.order_id, event.reason
+                    ),
+                    customer_id: required_customer(event.customer_id)?,
+                    kind: KIND_PAYMENT_FAILED,
                 })
             }
             other => Err(Rejection(format!("unknown ce_type {other:?}"))),

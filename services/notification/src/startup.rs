@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 use oms_common::config::ConfigError;
 use oms_common::db;
 use oms_common::service::{EventService, ServiceConfig};
-use oms_common::topics::{ORDER_CREATED, PAYMENT_SUCCEEDED, TopicNames};
+use oms_common::topics::{ORDER_CREATED, PAYMENT_FAILED, PAYMENT_SUCCEEDED, TopicNames};
 
 use crate::events::NotificationEvents;
 
@@ -51,7 +51,11 @@ impl Application {
             name: SERVICE_NAME,
             schema: SCHEMA,
             migrations: || MIGRATIONS,
-            consumes: vec![topics.name(ORDER_CREATED), topics.name(PAYMENT_SUCCEEDED)],
+            consumes: vec![
+                topics.name(ORDER_CREATED),
+                topics.name(PAYMENT_SUCCEEDED),
+                topics.name(PAYMENT_FAILED),
+            ],
             produces: vec![],
             handler: NotificationEvents,
             grpc_services: vec![],

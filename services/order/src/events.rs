@@ -6,16 +6,17 @@ use uuid::Uuid;
 
 use oms_api::Event;
 use oms_api::money;
-use oms_api::orders::events::v1::{OrderCreated, PaymentSucceeded, ProcessPayment};
+use oms_api::orders::events::v1::{OrderCreated, PaymentFailed, PaymentSucceeded, ProcessPayment};
 use oms_common::consumer::{EventHandler, InboundRecord, Rejection};
 use oms_common::outbox::OutboxMessage;
 
-use crate::repository::{self, NewOrder, STATUS_AWAITING_PAYMENT};
+use crate::repository::{self, NewOrder, STATUS_AWAITING_PAYMENT, STATUS_CANCELLED, STATUS_PAID};
 
 #[derive(Debug)]
 pub enum OrderEvent {
     Created(NewOrder),
     Paid { order_id: Uuid, payment_id: Uuid },
+    PaymentFailed { order_id: Uuid, reason: String },
 }
 
 pub struct OrderEvents {
@@ -36,6 +37,16 @@ impl EventHandler for OrderEvents {
                 Ok(OrderEvent::Paid {
                     order_id: parse_uuid("order_id", &event.order_id)?,
                     payment_id: parse_uuid("payment_id", &event.payment_id)?,
+                })
+            }
+            PaymentFailed::TYPE => {
+                let event: PaymentFailed = record.decode()?;
+                if event.reason.is_empty() {
+                    return Err(Rejection("reason is missing".into()));
+                }
+                Ok(OrderEvent::PaymentFailed {
+                    order_id: parse_uuid("order_id", &event.order_id)?,
+                    reason: event.reason,
                 })
             }
             other => Err(Rejection(format!("unknown ce_type {other:?}"))),
@@ -78,13 +89,36 @@ impl EventHandler for OrderEvents {
                     if repository::mark_paid(conn, order_id, payment_id).await? {
                         tracing::info!(%order_id, %payment_id, "order paid");
                     } else {
-                        tracing::debug!(%order_id, "payment-succeeded changed nothing (repeated or unknown order)");
+                        refused(conn, order_id, STATUS_PAID).await?;
+                    }
+                }
+                OrderEvent::PaymentFailed { order_id, reason } => {
+                    if repository::mark_cancelled(conn, order_id, &reason).await? {
+                        tracing::info!(%order_id, %reason, "order cancelled, payment declined");
+                    } else {
+                        refused(conn, order_id, STATUS_CANCELLED).await?;
                     }
                 }
             }
         }
         Ok(outbox)
     }
+}
+
+/// Logs why a transition to `target` changed nothing: a repeat of the
+/// transition already made is routine; anything else would move the order
+/// out of a terminal state (or it is unknown) and is refused.
+async fn refused(conn: &mut AsyncPgConnection, order_id: Uuid, target: &str) -> QueryResult<()> {
+    match repository::status_of(conn, order_id).await? {
+        Some(current) if current == target => {
+            tracing::debug!(%order_id, status = %current, "repeated event changed nothing");
+        }
+        Some(current) => {
+            tracing::warn!(%order_id, from = %current, to = target, "illegal transition refused");
+        }
+        None => tracing::warn!(%order_id, to = target, "event for an unknown order ignored"),
+    }
+    Ok(())
 }
 
 fn parse_uuid(field: &str, value: &str) -> Result<Uuid, Rejection> {

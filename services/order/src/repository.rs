@@ -41,6 +41,7 @@ pub struct OrderRow {
     pub payment_id: Option<Uuid>,
     pub create_time: DateTime<Utc>,
     pub update_time: DateTime<Utc>,
+    pub failure_reason: Option<String>,
 }
 
 impl OrderRow {
@@ -65,6 +66,7 @@ impl OrderRow {
             create_time: Some(timestamp(self.create_time)),
             update_time: Some(timestamp(self.update_time)),
             payment_id: self.payment_id.map(|id| id.to_string()).unwrap_or_default(),
+            failure_reason: self.failure_reason.unwrap_or_default(),
         }
     }
 }
@@ -108,6 +110,42 @@ pub async fn mark_paid(
     .execute(conn)
     .await?;
     Ok(updated == 1)
+}
+
+/// Cancels an order that awaits payment; returns whether it changed. A
+/// repeated or late event finds nothing to change.
+pub async fn mark_cancelled(
+    conn: &mut AsyncPgConnection,
+    order_id: Uuid,
+    reason: &str,
+) -> QueryResult<bool> {
+    let updated = diesel::update(
+        orders::table
+            .filter(orders::order_id.eq(order_id))
+            .filter(orders::status.eq(STATUS_AWAITING_PAYMENT)),
+    )
+    .set((
+        orders::status.eq(STATUS_CANCELLED),
+        orders::failure_reason.eq(reason),
+        orders::version.eq(orders::version + 1),
+        orders::update_time.eq(diesel::dsl::now),
+    ))
+    .execute(conn)
+    .await?;
+    Ok(updated == 1)
+}
+
+/// The order's status, if it is recorded.
+pub async fn status_of(
+    conn: &mut AsyncPgConnection,
+    order_id: Uuid,
+) -> QueryResult<Option<String>> {
+    orders::table
+        .find(order_id)
+        .select(orders::status)
+        .first(conn)
+        .await
+        .optional()
 }
 
 pub async fn find(conn: &mut AsyncPgConnection, order_id: Uuid) -> QueryResult<Option<OrderRow>> {

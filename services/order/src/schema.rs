@@ -15,5 +15,6 @@ diesel::table! {
         version -> Int4,
         create_time -> Timestamptz,
         update_time -> Timestamptz,
+        failure_reason -> Nullable<Text>,
     }
 }

@@ -12,7 +12,9 @@ use oms_common::config::ConfigError;
 use oms_common::db;
 use oms_common::grpc::MAX_REQUEST_BYTES;
 use oms_common::service::{EventService, ServiceConfig};
-use oms_common::topics::{ORDER_CREATED, PAYMENT_SUCCEEDED, PROCESS_PAYMENT, TopicNames};
+use oms_common::topics::{
+    ORDER_CREATED, PAYMENT_FAILED, PAYMENT_SUCCEEDED, PROCESS_PAYMENT, TopicNames,
+};
 
 use crate::events::OrderEvents;
 use crate::query::OrderQueries;
@@ -52,7 +54,11 @@ impl Application {
             name: SERVICE_NAME,
             schema: SCHEMA,
             migrations: || MIGRATIONS,
-            consumes: vec![topics.name(ORDER_CREATED), topics.name(PAYMENT_SUCCEEDED)],
+            consumes: vec![
+                topics.name(ORDER_CREATED),
+                topics.name(PAYMENT_SUCCEEDED),
+                topics.name(PAYMENT_FAILED),
+            ],
             produces: vec![topics.name(PROCESS_PAYMENT)],
             handler: OrderEvents {
                 process_payment_topic: topics.name(PROCESS_PAYMENT),

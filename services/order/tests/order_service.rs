@@ -9,13 +9,14 @@ use rskafka::client::Client;
 use tonic::Code;
 use uuid::Uuid;
 
-use oms_api::orders::events::v1::ProcessPayment;
+use oms_api::orders::events::v1::{PaymentFailed, ProcessPayment};
 use oms_api::orders::internal::v1::GetOrderRequest;
 use oms_api::orders::internal::v1::order_query_service_client::OrderQueryServiceClient;
 use oms_api::orders::v1::{Order, OrderStatus};
 use oms_api::{Event, EventEnvelope};
 use oms_common::topics::{
-    ORDER_CREATED, PAYMENT_SUCCEEDED, PROCESS_PAYMENT, TopicNames, dead_letter_topic,
+    ORDER_CREATED, PAYMENT_FAILED, PAYMENT_SUCCEEDED, PROCESS_PAYMENT, TopicNames,
+    dead_letter_topic,
 };
 use oms_testkit::events::{self, RawRecord, committed_records, forget_offsets, record};
 use oms_testkit::service::{RunningService, service_config};
@@ -315,6 +316,59 @@ async fn a_payment_event_that_does_not_decode_is_dead_lettered() {
         kafka::read_topic(&app.kafka, &dlq).await.len() == 1
     })
     .await;
+    app.service.stop().await.expect("clean shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_declined_payment_cancels_the_order_and_late_events_do_not_move_it() {
+    let app = spawn_app().await;
+    let order_id = Uuid::now_v7().to_string();
+    app.publish(
+        ORDER_CREATED,
+        &record(&order_id, &events::order_created(&order_id, "mallory")),
+    )
+    .await;
+    app.wait_for_status(&order_id, OrderStatus::AwaitingPayment)
+        .await;
+    let failed = PaymentFailed {
+        order_id: order_id.clone(),
+        customer_id: "mallory".into(),
+        amount: Some(events::euros(42, 50)),
+        reason: "customer mallory may not pay".into(),
+        fail_time: None,
+    };
+    app.publish(PAYMENT_FAILED, &record(&order_id, &failed))
+        .await;
+    let cancelled = app.wait_for_status(&order_id, OrderStatus::Cancelled).await;
+    assert_eq!(cancelled.failure_reason, "customer mallory may not pay");
+    assert!(cancelled.payment_id.is_empty());
+
+    // A contradictory success, a repeated failure and a replayed creation
+    // arrive late: none may move the order out of its terminal state.
+    let late_success = events::payment_succeeded(&order_id, &Uuid::now_v7().to_string(), "mallory");
+    app.publish(PAYMENT_SUCCEEDED, &record(&order_id, &late_success))
+        .await;
+    app.publish(PAYMENT_FAILED, &record(&order_id, &failed))
+        .await;
+    app.publish(
+        ORDER_CREATED,
+        &record(&order_id, &events::order_created(&order_id, "mallory")),
+    )
+    .await;
+    app.wait_until_committed(PAYMENT_SUCCEEDED, 1).await;
+    app.wait_until_committed(PAYMENT_FAILED, 2).await;
+    app.wait_until_committed(ORDER_CREATED, 2).await;
+
+    let order = app.get_order(&order_id).await.expect("order");
+    assert_eq!(order.status, OrderStatus::Cancelled as i32);
+    assert_eq!(order.failure_reason, "customer mallory may not pay");
+    let mut conn = app.db.connect(SCHEMA).await;
+    let version: i32 = order_service::schema::orders::table
+        .select(order_service::schema::orders::version)
+        .first(&mut conn)
+        .await
+        .expect("version");
+    assert_eq!(version, 2, "created, then cancelled: nothing else");
     app.service.stop().await.expect("clean shutdown");
 }
 

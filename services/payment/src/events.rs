@@ -1,4 +1,6 @@
-//! What the payment service does with `process-payment`.
+//! What the payment service does with `process-payment`: ask the provider,
+//! record the payment (completed or declined, once per order) and announce
+//! the outcome on `payment-succeeded` or `payment-failed`.
 
 use chrono::Utc;
 use diesel::QueryResult;
@@ -7,22 +9,34 @@ use uuid::Uuid;
 
 use oms_api::Event;
 use oms_api::money;
-use oms_api::orders::events::v1::{PaymentSucceeded, ProcessPayment};
+use oms_api::orders::events::v1::{PaymentFailed, PaymentSucceeded, ProcessPayment};
 use oms_common::consumer::{EventHandler, InboundRecord, Rejection};
 use oms_common::outbox::OutboxMessage;
 
-use crate::repository::{self, NewPayment, STATUS_COMPLETED};
+use crate::provider::{Charge, Decision, PaymentProvider};
+use crate::repository::{self, NewPayment, STATUS_COMPLETED, STATUS_DECLINED};
 
-pub struct PaymentEvents {
-    /// Full name of the `payment-succeeded` topic.
+/// A payment request that passed validation.
+#[derive(Debug, Clone)]
+pub struct PaymentRequest {
+    pub order_id: Uuid,
+    pub customer_id: String,
+    pub amount_minor: i64,
+    pub currency_code: String,
+}
+
+pub struct PaymentEvents<P> {
+    pub provider: P,
+    /// Full names of the `payment-succeeded` and `payment-failed` topics.
     pub payment_succeeded_topic: String,
+    pub payment_failed_topic: String,
     pub source: &'static str,
 }
 
-impl EventHandler for PaymentEvents {
-    type Event = NewPayment;
+impl<P: PaymentProvider> EventHandler for PaymentEvents<P> {
+    type Event = PaymentRequest;
 
-    fn decode(&self, record: &InboundRecord) -> Result<NewPayment, Rejection> {
+    fn decode(&self, record: &InboundRecord) -> Result<PaymentRequest, Rejection> {
         let envelope = record.envelope()?;
         if envelope.event_type != ProcessPayment::TYPE {
             return Err(Rejection(format!(
@@ -36,41 +50,92 @@ impl EventHandler for PaymentEvents {
     async fn apply(
         &self,
         conn: &mut AsyncPgConnection,
-        payments: Vec<NewPayment>,
+        requests: Vec<PaymentRequest>,
     ) -> QueryResult<Vec<OutboxMessage>> {
         let mut outbox = Vec::new();
-        for payment in payments {
+        for request in requests {
+            let charge = Charge {
+                customer_id: &request.customer_id,
+                amount_minor: request.amount_minor,
+                currency_code: &request.currency_code,
+            };
+            let decision = self.provider.decide(charge);
+            let payment = NewPayment {
+                payment_id: Uuid::now_v7(),
+                order_id: request.order_id,
+                customer_id: request.customer_id,
+                amount_minor: request.amount_minor,
+                currency_code: request.currency_code,
+                status: match decision {
+                    Decision::Approved => STATUS_COMPLETED,
+                    Decision::Declined { .. } => STATUS_DECLINED,
+                },
+                decline_reason: match &decision {
+                    Decision::Approved => None,
+                    Decision::Declined { reason } => Some(reason.clone()),
+                },
+            };
             if !repository::insert_if_new(conn, &payment).await? {
                 tracing::debug!(order_id = %payment.order_id, "duplicate process-payment ignored");
                 continue;
             }
-            tracing::info!(order_id = %payment.order_id, payment_id = %payment.payment_id, "payment completed");
-            let now = Utc::now();
-            let event = PaymentSucceeded {
-                order_id: payment.order_id.to_string(),
-                payment_id: payment.payment_id.to_string(),
-                customer_id: payment.customer_id,
-                amount: Some(money::from_minor_units(
-                    &payment.currency_code,
-                    payment.amount_minor,
-                )),
-                complete_time: Some(prost_types::Timestamp {
-                    seconds: now.timestamp(),
-                    nanos: now.timestamp_subsec_nanos() as i32,
-                }),
-            };
-            outbox.push(OutboxMessage::event(
-                self.payment_succeeded_topic.clone(),
-                self.source,
-                &event.order_id,
-                &event,
-            ));
+            outbox.push(self.announce(payment));
         }
         Ok(outbox)
     }
 }
 
-fn validate(request: ProcessPayment) -> Result<NewPayment, Rejection> {
+impl<P> PaymentEvents<P> {
+    /// The event that tells the others how the payment went.
+    fn announce(&self, payment: NewPayment) -> OutboxMessage {
+        let now = Utc::now();
+        let time = Some(prost_types::Timestamp {
+            seconds: now.timestamp(),
+            nanos: now.timestamp_subsec_nanos() as i32,
+        });
+        let amount = Some(money::from_minor_units(
+            &payment.currency_code,
+            payment.amount_minor,
+        ));
+        let order_id = payment.order_id.to_string();
+        match payment.decline_reason {
+            None => {
+                tracing::info!(%order_id, payment_id = %payment.payment_id, "payment completed");
+                let event = PaymentSucceeded {
+                    order_id: order_id.clone(),
+                    payment_id: payment.payment_id.to_string(),
+                    customer_id: payment.customer_id,
+                    amount,
+                    complete_time: time,
+                };
+                OutboxMessage::event(
+                    self.payment_succeeded_topic.clone(),
+                    self.source,
+                    &order_id,
+                    &event,
+                )
+            }
+            Some(reason) => {
+                tracing::info!(%order_id, %reason, "payment declined");
+                let event = PaymentFailed {
+                    order_id: order_id.clone(),
+                    customer_id: payment.customer_id,
+                    amount,
+                    reason,
+                    fail_time: time,
+                };
+                OutboxMessage::event(
+                    self.payment_failed_topic.clone(),
+                    self.source,
+                    &order_id,
+                    &event,
+                )
+            }
+        }
+    }
+}
+
+fn validate(request: ProcessPayment) -> Result<PaymentRequest, Rejection> {
     let order_id = Uuid::parse_str(&request.order_id)
         .map_err(|_| Rejection(format!("order_id {:?} is not a UUID", request.order_id)))?;
     let amount = request
@@ -90,13 +155,11 @@ fn validate(request: ProcessPayment) -> Result<NewPayment, Rejection> {
     if request.customer_id.is_empty() {
         return Err(Rejection("customer_id is missing".into()));
     }
-    Ok(NewPayment {
-        payment_id: Uuid::now_v7(),
+    Ok(PaymentRequest {
         order_id,
         customer_id: request.customer_id,
         amount_minor,
         currency_code: amount.currency_code,
-        status: STATUS_COMPLETED,
     })
 }
 
@@ -116,7 +179,7 @@ mod tests {
     }
 
     #[test]
-    fn valid_payment_request_becomes_a_completed_payment() {
+    fn valid_payment_request_keeps_its_amount_exactly() {
         let request = ProcessPayment {
             order_id: Uuid::now_v7().to_string(),
             customer_id: "c".into(),
@@ -126,8 +189,10 @@ mod tests {
                 nanos: 10_000_000,
             }),
         };
-        let payment = validate(request).unwrap();
-        assert_eq!(payment.amount_minor, 301);
-        assert_eq!(payment.status, STATUS_COMPLETED);
+        let request = validate(request).unwrap();
+        assert_eq!(
+            (request.amount_minor, request.currency_code.as_str()),
+            (301, "USD")
+        );
     }
 }

@@ -7,6 +7,7 @@ use uuid::Uuid;
 use crate::schema::payments;
 
 pub const STATUS_COMPLETED: &str = "COMPLETED";
+pub const STATUS_DECLINED: &str = "DECLINED";
 
 #[derive(Debug, Clone, Insertable)]
 #[diesel(table_name = payments)]
@@ -17,6 +18,7 @@ pub struct NewPayment {
     pub amount_minor: i64,
     pub currency_code: String,
     pub status: &'static str,
+    pub decline_reason: Option<String>,
 }
 
 /// Records the payment unless the order already has one; returns whether

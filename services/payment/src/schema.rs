@@ -10,5 +10,6 @@ diesel::table! {
         currency_code -> Text,
         status -> Text,
         create_time -> Timestamptz,
+        decline_reason -> Nullable<Text>,
     }
 }

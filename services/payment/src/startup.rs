@@ -10,53 +10,78 @@ use tokio_util::sync::CancellationToken;
 use oms_common::config::ConfigError;
 use oms_common::db;
 use oms_common::service::{EventService, ServiceConfig};
-use oms_common::topics::{PAYMENT_SUCCEEDED, PROCESS_PAYMENT, TopicNames};
+use oms_common::topics::{PAYMENT_FAILED, PAYMENT_SUCCEEDED, PROCESS_PAYMENT, TopicNames};
 
 use crate::events::PaymentEvents;
+use crate::provider::SimulatedProvider;
 
 pub const SERVICE_NAME: &str = "payment-service";
 pub const SCHEMA: &str = "payment_service";
 pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("../../migrations/payment");
 
+/// The shared service settings plus the payment provider's.
+#[derive(Debug, Clone)]
+pub struct PaymentConfig {
+    pub service: ServiceConfig,
+    pub provider: SimulatedProvider,
+}
+
 pub struct Application {
-    config: ServiceConfig,
+    config: PaymentConfig,
     listener: TcpListener,
 }
 
 impl Application {
-    pub fn config_from_env() -> Result<ServiceConfig, ConfigError> {
-        ServiceConfig::from_env("PAYMENT_GRPC_ADDR", "0.0.0.0:50053", "PAYMENT_DATABASE_URL")
+    pub fn config_from_env() -> Result<PaymentConfig, ConfigError> {
+        Ok(PaymentConfig {
+            service: ServiceConfig::from_env(
+                "PAYMENT_GRPC_ADDR",
+                "0.0.0.0:50053",
+                "PAYMENT_DATABASE_URL",
+            )?,
+            provider: SimulatedProvider::from_env()?,
+        })
     }
 
     /// Binds the listener; port 0 picks a free port (see `local_addr`).
-    pub async fn build(config: ServiceConfig) -> anyhow::Result<Self> {
-        let listener = TcpListener::bind(config.grpc_addr)
+    pub async fn build(config: PaymentConfig) -> anyhow::Result<Self> {
+        let listener = TcpListener::bind(config.service.grpc_addr)
             .await
-            .with_context(|| format!("failed to bind {}", config.grpc_addr))?;
+            .with_context(|| format!("failed to bind {}", config.service.grpc_addr))?;
         Ok(Self { config, listener })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
-        self.listener.local_addr().unwrap_or(self.config.grpc_addr)
+        self.listener
+            .local_addr()
+            .unwrap_or(self.config.service.grpc_addr)
     }
 
     pub async fn run_until(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let topics = TopicNames::new(self.config.kafka.topic_prefix.clone());
-        let pool = db::pool(&self.config.database, SCHEMA);
+        let topics = TopicNames::new(self.config.service.kafka.topic_prefix.clone());
+        let pool = db::pool(&self.config.service.database, SCHEMA);
         let service = EventService {
             name: SERVICE_NAME,
             schema: SCHEMA,
             migrations: || MIGRATIONS,
             consumes: vec![topics.name(PROCESS_PAYMENT)],
-            produces: vec![topics.name(PAYMENT_SUCCEEDED)],
+            produces: vec![topics.name(PAYMENT_SUCCEEDED), topics.name(PAYMENT_FAILED)],
             handler: PaymentEvents {
+                provider: self.config.provider,
                 payment_succeeded_topic: topics.name(PAYMENT_SUCCEEDED),
+                payment_failed_topic: topics.name(PAYMENT_FAILED),
                 source: "/payment-service",
             },
             grpc_services: vec![],
         };
         service
-            .run(&self.config, pool, self.listener, |routes| routes, shutdown)
+            .run(
+                &self.config.service,
+                pool,
+                self.listener,
+                |routes| routes,
+                shutdown,
+            )
             .await
     }
 }

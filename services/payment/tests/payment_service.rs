@@ -7,21 +7,32 @@ use diesel_async::RunQueryDsl;
 use prost::Message;
 use uuid::Uuid;
 
-use oms_api::orders::events::v1::PaymentSucceeded;
+use oms_api::orders::events::v1::{PaymentFailed, PaymentSucceeded};
 use oms_api::{Event, EventEnvelope};
-use oms_common::topics::{PAYMENT_SUCCEEDED, PROCESS_PAYMENT, TopicNames, dead_letter_topic};
+use oms_common::topics::{
+    PAYMENT_FAILED, PAYMENT_SUCCEEDED, PROCESS_PAYMENT, TopicNames, dead_letter_topic,
+};
 use oms_testkit::events::{self, RawRecord, committed_records, forget_offsets, record};
 use oms_testkit::service::{RunningService, service_config};
 use oms_testkit::{TestDatabase, eventually, kafka, unique_topic_prefix};
+use payment_service::provider::SimulatedProvider;
 use payment_service::schema::payments;
-use payment_service::{Application, SCHEMA};
+use payment_service::{Application, PaymentConfig, SCHEMA};
+
+const DECLINED_CUSTOMER: &str = "mallory";
 
 const WAIT: Duration = Duration::from_secs(20);
 
 async fn start_service(db: &TestDatabase, prefix: &str) -> RunningService {
-    let app = Application::build(service_config(db, prefix))
-        .await
-        .expect("build");
+    let provider = SimulatedProvider {
+        decline_above_minor: 1_000_000,
+        decline_customers: [DECLINED_CUSTOMER.to_owned()].into(),
+    };
+    let config = PaymentConfig {
+        service: service_config(db, prefix),
+        provider,
+    };
+    let app = Application::build(config).await.expect("build");
     let addr = app.local_addr();
     RunningService::start(addr, |shutdown| app.run_until(shutdown)).await
 }
@@ -188,5 +199,53 @@ async fn a_missing_database_is_created_at_start_up() {
     let service = start_service(&db, &unique_topic_prefix()).await;
     // Serving means it connected and migrated; the table is there and empty.
     assert!(payments_of(&db, Uuid::now_v7()).await.is_empty());
+    service.stop().await.expect("clean shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_declined_payment_is_recorded_once_and_announced_as_failed() {
+    let db = TestDatabase::create().await;
+    let prefix = unique_topic_prefix();
+    let topics = TopicNames::new(prefix.clone());
+    let service = start_service(&db, &prefix).await;
+    let order_id = Uuid::now_v7();
+    let request = record(
+        &order_id.to_string(),
+        &events::process_payment(&order_id.to_string(), DECLINED_CUSTOMER),
+    );
+    publish(&topics, PROCESS_PAYMENT, &request).await;
+    publish(&topics, PROCESS_PAYMENT, &request).await;
+
+    let client = kafka::client().await;
+    let failed = topics.name(PAYMENT_FAILED);
+    eventually("payment-failed", WAIT, || async {
+        !kafka::read_topic(&client, &failed).await.is_empty()
+    })
+    .await;
+    let committed = || async {
+        committed_records(&mut db.connect(SCHEMA).await, &topics.name(PROCESS_PAYMENT)).await
+    };
+    eventually("both requests committed", WAIT, || async {
+        committed().await == 2
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(700)).await;
+
+    let rows = payments_of(&db, order_id).await;
+    assert_eq!(rows.len(), 1, "declined once");
+    assert_eq!(rows[0].3, "DECLINED");
+    let published = kafka::read_topic(&client, &failed).await;
+    assert_eq!(published.len(), 1, "announced once");
+    let envelope = EventEnvelope::from_headers(&published[0].record.headers).expect("envelope");
+    assert_eq!(envelope.event_type, PaymentFailed::TYPE);
+    let event = PaymentFailed::decode(published[0].record.value.as_deref().unwrap_or_default())
+        .expect("payload");
+    assert_eq!(event.reason, "customer mallory may not pay");
+    assert!(
+        kafka::read_topic(&client, &topics.name(PAYMENT_SUCCEEDED))
+            .await
+            .is_empty(),
+        "never both"
+    );
     service.stop().await.expect("clean shutdown");
 }
