@@ -14,13 +14,15 @@ use oms_api::orders::events::v1::OrderCreated;
 use oms_api::orders::internal::v1::GetOrderRequest as InternalGetOrderRequest;
 use oms_api::orders::internal::v1::order_query_service_client::OrderQueryServiceClient;
 use oms_api::orders::v1::order_service_server::OrderService;
-use oms_api::orders::v1::{CreateOrderRequest, GetOrderRequest, Order, OrderStatus};
+use oms_api::orders::v1::{
+    CreateOrderRequest, GetOrderRequest, ListOrdersRequest, ListOrdersResponse, Order, OrderStatus,
+};
 use oms_common::kafka::{KeyedRecord, Producer};
 use tonic_types::FieldViolation;
 
 use crate::error::GatewayError;
 use crate::idempotency;
-use crate::validation::{ValidOrder, validate_create_order};
+use crate::validation::{ValidOrder, validate_create_order, validate_list_orders};
 
 /// The CloudEvents source of the events the gateway publishes.
 const SOURCE: &str = "/gateway";
@@ -125,9 +127,7 @@ impl Gateway {
                     status.message(),
                 )]))
             }
-            Err(status) => Err(GatewayError::OrderServiceUnavailable(
-                status.message().to_owned(),
-            )),
+            Err(status) => Err(upstream_error(status)),
         }
     }
 
@@ -141,6 +141,35 @@ impl Gateway {
         self.find_order(&request.order_id)
             .await?
             .ok_or(GatewayError::NotFound(request.order_id))
+    }
+
+    async fn list_orders(
+        &self,
+        request: ListOrdersRequest,
+    ) -> Result<ListOrdersResponse, GatewayError> {
+        validate_list_orders(&request).map_err(GatewayError::InvalidArgument)?;
+        match self.orders.clone().list_orders(request).await {
+            Ok(response) => Ok(response.into_inner()),
+            // The order service checked the one thing the gateway cannot.
+            Err(status) if status.code() == Code::InvalidArgument => {
+                Err(GatewayError::InvalidArgument(vec![FieldViolation::new(
+                    "page_token",
+                    status.message(),
+                )]))
+            }
+            Err(status) => Err(upstream_error(status)),
+        }
+    }
+}
+
+/// What an order service failure means for the gateway's caller: its own
+/// bugs stay INTERNAL; anything else means it cannot be reached or used now.
+fn upstream_error(status: Status) -> GatewayError {
+    match status.code() {
+        Code::Internal | Code::Unknown | Code::DataLoss => {
+            GatewayError::Internal(status.message().to_owned())
+        }
+        _ => GatewayError::OrderServiceUnavailable(status.message().to_owned()),
     }
 }
 
@@ -169,6 +198,15 @@ impl OrderService for Gateway {
     ) -> Result<Response<Order>, Status> {
         Ok(Response::new(
             Gateway::get_order(self, request.into_inner()).await?,
+        ))
+    }
+
+    async fn list_orders(
+        &self,
+        request: Request<ListOrdersRequest>,
+    ) -> Result<Response<ListOrdersResponse>, Status> {
+        Ok(Response::new(
+            Gateway::list_orders(self, request.into_inner()).await?,
         ))
     }
 }

@@ -3,7 +3,7 @@
 
 use oms_api::google::r#type::Money;
 use oms_api::money;
-use oms_api::orders::v1::CreateOrderRequest;
+use oms_api::orders::v1::{CreateOrderRequest, ListOrdersRequest};
 use tonic_types::FieldViolation;
 
 pub const MAX_ID_CHARS: usize = 128;
@@ -52,6 +52,27 @@ pub fn validate_create_order(
         amount: request.amount.unwrap_or_default(),
         request_id: Some(request.request_id).filter(|id| !id.is_empty()),
     })
+}
+
+/// Checks what the gateway can: the page token itself is checked by the
+/// order service, which issued it.
+pub fn validate_list_orders(request: &ListOrdersRequest) -> Result<(), Vec<FieldViolation>> {
+    let mut violations = Vec::new();
+    check_id(&mut violations, "customer_id", &request.customer_id, false);
+    if request.page_size < 0 {
+        violations.push(FieldViolation::new("page_size", "must not be negative"));
+    }
+    if request.page_token.len() > MAX_ID_CHARS {
+        violations.push(FieldViolation::new(
+            "page_token",
+            "is not a token this service issued",
+        ));
+    }
+    if violations.is_empty() {
+        Ok(())
+    } else {
+        Err(violations)
+    }
 }
 
 fn check_id(violations: &mut Vec<FieldViolation>, field: &str, value: &str, required: bool) {

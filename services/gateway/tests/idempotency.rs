@@ -6,59 +6,12 @@ use std::time::Duration;
 
 mod support;
 
-use diesel::prelude::*;
-use diesel_async::RunQueryDsl;
 use tonic::Code;
 
 use oms_api::google::r#type::Money;
-use oms_api::orders::v1::order_service_client::OrderServiceClient;
 use oms_api::orders::v1::{CreateOrderRequest, GetOrderRequest, OrderStatus};
-use oms_testkit::service::{RunningService, service_config};
-use oms_testkit::{TestDatabase, eventually, unique_topic_prefix};
-use order_service::schema::orders;
-use support::{gateway_config, start_gateway};
-
-struct Harness {
-    db: TestDatabase,
-    order_service: RunningService,
-    gateway: RunningService,
-}
-
-async fn start() -> Harness {
-    let db = TestDatabase::create().await;
-    let prefix = unique_topic_prefix();
-    let app = order_service::Application::build(service_config(&db, &prefix))
-        .await
-        .expect("build");
-    let order_addr = app.local_addr();
-    let order_service = RunningService::start(order_addr, |shutdown| app.run_until(shutdown)).await;
-    let gateway = start_gateway(gateway_config(&prefix, Some(order_addr))).await;
-    Harness {
-        db,
-        order_service,
-        gateway,
-    }
-}
-
-impl Harness {
-    async fn client(&self) -> OrderServiceClient<tonic::transport::Channel> {
-        OrderServiceClient::new(oms_testkit::grpc::channel(self.gateway.addr).await)
-    }
-
-    async fn recorded_orders(&self, customer: &str) -> i64 {
-        orders::table
-            .filter(orders::customer_id.eq(customer))
-            .count()
-            .get_result(&mut self.db.connect(order_service::SCHEMA).await)
-            .await
-            .expect("count")
-    }
-
-    async fn stop(self) {
-        self.gateway.stop().await.expect("clean shutdown");
-        self.order_service.stop().await.expect("clean shutdown");
-    }
-}
+use oms_testkit::eventually;
+use support::start;
 
 fn request(customer: &str, request_id: &str, units: i64) -> CreateOrderRequest {
     CreateOrderRequest {

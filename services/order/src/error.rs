@@ -9,6 +9,10 @@ pub type Result<T, E = OrderError> = std::result::Result<T, E>;
 pub enum OrderError {
     #[error("order_id {0:?} is not a UUID")]
     InvalidOrderId(String),
+    #[error("page_token is not a token this service issued")]
+    InvalidPageToken,
+    #[error("page_size must not be negative")]
+    InvalidPageSize,
     #[error("order {0} not found")]
     NotFound(uuid::Uuid),
     #[error(transparent)]
@@ -24,7 +28,9 @@ impl From<diesel::result::Error> for OrderError {
 impl From<OrderError> for Status {
     fn from(err: OrderError) -> Self {
         match &err {
-            OrderError::InvalidOrderId(_) => Status::invalid_argument(err.to_string()),
+            OrderError::InvalidOrderId(_)
+            | OrderError::InvalidPageToken
+            | OrderError::InvalidPageSize => Status::invalid_argument(err.to_string()),
             OrderError::NotFound(_) => Status::not_found(err.to_string()),
             OrderError::Database(DbError::Pool(_) | DbError::Connect(_)) => {
                 tracing::warn!(error = %err, "database unavailable");

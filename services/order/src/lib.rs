@@ -4,6 +4,7 @@
 
 pub mod error;
 pub mod events;
+pub mod pagination;
 pub mod query;
 pub mod repository;
 pub mod schema;

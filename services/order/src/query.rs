@@ -5,9 +5,11 @@ use uuid::Uuid;
 
 use oms_api::orders::internal::v1::order_query_service_server::OrderQueryService;
 use oms_api::orders::internal::v1::{GetOrderRequest, GetOrderResponse};
+use oms_api::orders::v1::{ListOrdersRequest, ListOrdersResponse};
 use oms_common::db::{DbError, DbPool};
 
 use crate::error::{OrderError, Result};
+use crate::pagination::{self, Position};
 use crate::repository;
 
 pub struct OrderQueries {
@@ -26,6 +28,36 @@ impl OrderQueries {
             order: Some(order.into_proto()),
         })
     }
+
+    async fn list_orders(&self, request: &ListOrdersRequest) -> Result<ListOrdersResponse> {
+        let limit = pagination::page_size(request.page_size).ok_or(OrderError::InvalidPageSize)?;
+        let after = match request.page_token.as_str() {
+            "" => None,
+            token => Some(Position::from_token(token).ok_or(OrderError::InvalidPageToken)?),
+        };
+        let customer_id = Some(request.customer_id.as_str()).filter(|id| !id.is_empty());
+        let mut conn = self.pool.get().await.map_err(DbError::from)?;
+        // One more than asked tells whether another page follows.
+        let mut rows = repository::list(&mut conn, customer_id, after, limit + 1).await?;
+        let next_page_token = if rows.len() as i64 > limit {
+            rows.truncate(limit as usize);
+            rows.last()
+                .map(|last| {
+                    Position {
+                        create_time: last.create_time,
+                        order_id: last.order_id,
+                    }
+                    .to_token()
+                })
+                .unwrap_or_default()
+        } else {
+            String::new()
+        };
+        Ok(ListOrdersResponse {
+            orders: rows.into_iter().map(|row| row.into_proto()).collect(),
+            next_page_token,
+        })
+    }
 }
 
 #[tonic::async_trait]
@@ -36,5 +68,14 @@ impl OrderQueryService for OrderQueries {
     ) -> Result<Response<GetOrderResponse>, Status> {
         let response = OrderQueries::get_order(self, &request.get_ref().order_id).await?;
         Ok(Response::new(response))
+    }
+
+    async fn list_orders(
+        &self,
+        request: Request<ListOrdersRequest>,
+    ) -> Result<Response<ListOrdersResponse>, Status> {
+        Ok(Response::new(
+            OrderQueries::list_orders(self, request.get_ref()).await?,
+        ))
     }
 }

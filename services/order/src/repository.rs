@@ -8,6 +8,7 @@ use uuid::Uuid;
 use oms_api::money;
 use oms_api::orders::v1::{Order, OrderStatus};
 
+use crate::pagination::Position;
 use crate::schema::orders;
 
 pub const STATUS_AWAITING_PAYMENT: &str = "AWAITING_PAYMENT";
@@ -146,6 +147,33 @@ pub async fn status_of(
         .first(conn)
         .await
         .optional()
+}
+
+/// One page of orders, newest first, after `after` (exclusive).
+pub async fn list(
+    conn: &mut AsyncPgConnection,
+    customer_id: Option<&str>,
+    after: Option<Position>,
+    limit: i64,
+) -> QueryResult<Vec<OrderRow>> {
+    let mut query = orders::table
+        .select(OrderRow::as_select())
+        .order((orders::create_time.desc(), orders::order_id.desc()))
+        .limit(limit)
+        .into_boxed();
+    if let Some(customer_id) = customer_id {
+        query = query.filter(orders::customer_id.eq(customer_id.to_owned()));
+    }
+    if let Some(after) = after {
+        query = query.filter(
+            orders::create_time
+                .lt(after.create_time)
+                .or(orders::create_time
+                    .eq(after.create_time)
+                    .and(orders::order_id.lt(after.order_id))),
+        );
+    }
+    query.load(conn).await
 }
 
 pub async fn find(conn: &mut AsyncPgConnection, order_id: Uuid) -> QueryResult<Option<OrderRow>> {
