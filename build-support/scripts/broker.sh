@@ -29,6 +29,8 @@ start() {
   local storage="${TANSU_STORAGE:-memory://tansu/}"
   log "starting tansu at $KAFKA_HOST:$KAFKA_PORT ($storage), log: $STATE_DIR/tansu.log"
   # Both URLs are needed: the default advertised listener is `localhost`.
+  # tansu opens sqlite paths relative to its working directory.
+  cd "$STATE_DIR"
   nohup tansu broker \
     --listener-url "tcp://$KAFKA_HOST:$KAFKA_PORT" \
     --advertised-listener-url "tcp://$KAFKA_HOST:$KAFKA_PORT" \

@@ -16,7 +16,9 @@ started_broker=0
 started_postgres=0
 port_open "$KAFKA_HOST" "$KAFKA_PORT" || started_broker=1
 port_open "$PG_HOST" "$PG_PORT" || started_postgres=1
-"$ROOT/build-support/scripts/broker.sh" start
+# A durable log by default: the services keep their offsets in PostgreSQL,
+# which outlives this run, so the broker's log should too.
+TANSU_STORAGE="${TANSU_STORAGE:-sqlite://tansu.db}" "$ROOT/build-support/scripts/broker.sh" start
 "$ROOT/build-support/scripts/postgres.sh" start
 
 profile="${PROFILE:-debug}"

@@ -177,31 +177,34 @@ impl<H: EventHandler> Consumer<H> {
                 _ = shutdown.cancelled() => return,
             };
             let records = match fetched {
-                Ok((records, _high_watermark)) => records,
+                // Our position is past the end of the log: the log was reset
+                // (a broker without durable storage restarted, or the topic
+                // was recreated) and the records now in it are new to us.
+                Ok((_, high_watermark)) if offset > high_watermark => None,
+                Ok((records, _)) => Some(records),
+                // The log no longer holds our position (retention).
                 Err(RsKafkaError::ServerError {
                     protocol_error: ProtocolError::OffsetOutOfRange,
                     ..
-                }) => {
-                    // The log no longer holds our position (retention, or a
-                    // broker without durable storage restarted): resume from
-                    // the oldest record it has.
-                    match client.get_offset(OffsetAt::Earliest).await {
-                        Ok(earliest) => {
-                            tracing::warn!(%topic, partition, offset, earliest, "offset out of range, resuming from earliest");
-                            next_offset = Some(earliest);
-                        }
-                        Err(err) => {
-                            tracing::warn!(%topic, partition, error = %err, "cannot read earliest offset");
-                            pause(&mut backoff, &shutdown).await;
-                        }
-                    }
-                    continue;
-                }
+                }) => None,
                 Err(err) => {
                     tracing::warn!(%topic, partition, error = %err, "fetch failed");
                     pause(&mut backoff, &shutdown).await;
                     continue;
                 }
+            };
+            let Some(records) = records else {
+                match client.get_offset(OffsetAt::Earliest).await {
+                    Ok(earliest) => {
+                        tracing::warn!(%topic, partition, offset, earliest, "position not in the log, resuming from its earliest record");
+                        next_offset = Some(earliest);
+                    }
+                    Err(err) => {
+                        tracing::warn!(%topic, partition, error = %err, "cannot read earliest offset");
+                        pause(&mut backoff, &shutdown).await;
+                    }
+                }
+                continue;
             };
             let Some(last) = records.last() else { continue };
             let new_offset = last.offset + 1;

@@ -373,6 +373,48 @@ async fn a_declined_payment_cancels_the_order_and_late_events_do_not_move_it() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_stored_position_past_the_end_of_a_reset_log_resumes_from_its_start() {
+    // The state a restarted in-memory broker leaves: our offsets say 5, the
+    // log is empty again, and its first new record has offset 0.
+    let TestApp {
+        service,
+        db,
+        kafka: client,
+        topics,
+        prefix,
+    } = spawn_app().await;
+    service.stop().await.expect("clean shutdown");
+    let mut conn = db.connect(SCHEMA).await;
+    for partition in 0..2 {
+        diesel::insert_into(oms_common::schema::consumer_offsets::table)
+            .values((
+                oms_common::schema::consumer_offsets::topic.eq(topics.name(ORDER_CREATED)),
+                oms_common::schema::consumer_offsets::partition_id.eq(partition),
+                oms_common::schema::consumer_offsets::next_offset.eq(5_i64),
+            ))
+            .execute(&mut conn)
+            .await
+            .expect("stale offset");
+    }
+    let app = TestApp {
+        service: start_service(&db, &prefix).await,
+        db,
+        kafka: client,
+        topics,
+        prefix,
+    };
+    let order_id = Uuid::now_v7().to_string();
+    app.publish(
+        ORDER_CREATED,
+        &record(&order_id, &events::order_created(&order_id, "olga")),
+    )
+    .await;
+    app.wait_for_status(&order_id, OrderStatus::AwaitingPayment)
+        .await;
+    app.service.stop().await.expect("clean shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn unknown_and_malformed_order_ids_get_clear_errors() {
     let app = spawn_app().await;
     let missing = app
