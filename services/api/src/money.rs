@@ -21,6 +21,45 @@ pub fn to_minor_units(money: &Money) -> Option<i64> {
         .checked_add(i64::from(money.nanos / NANOS_PER_MINOR_UNIT))
 }
 
+/// An exact, positive amount in a valid currency.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Amount {
+    pub minor_units: i64,
+    pub currency_code: String,
+}
+
+/// Why an event's amount is unusable.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AmountError {
+    #[error("amount is missing")]
+    Missing,
+    #[error("amount is not a positive whole number of cents")]
+    NotPositiveCents,
+    #[error("currency_code {0:?} is invalid")]
+    BadCurrency(String),
+}
+
+/// Whether `code` looks like an ISO 4217 code: three upper-case letters.
+pub fn is_currency_code(code: &str) -> bool {
+    code.len() == 3 && code.chars().all(|c| c.is_ascii_uppercase())
+}
+
+/// Checks an amount carried by an event: present, a positive whole number
+/// of cents, in a valid currency.
+pub fn parse_amount(amount: Option<Money>) -> Result<Amount, AmountError> {
+    let amount = amount.ok_or(AmountError::Missing)?;
+    let minor_units = to_minor_units(&amount)
+        .filter(|minor| *minor > 0)
+        .ok_or(AmountError::NotPositiveCents)?;
+    if !is_currency_code(&amount.currency_code) {
+        return Err(AmountError::BadCurrency(amount.currency_code));
+    }
+    Ok(Amount {
+        minor_units,
+        currency_code: amount.currency_code,
+    })
+}
+
 /// Builds a `Money` from minor units (hundredths).
 pub fn from_minor_units(currency_code: &str, minor_units: i64) -> Money {
     Money {
@@ -61,6 +100,28 @@ mod tests {
         assert_eq!(to_minor_units(&money(1, -10_000_000)), None);
         assert_eq!(to_minor_units(&money(i64::MAX, 0)), None);
         assert_eq!(to_minor_units(&money(0, 1_000_000_000)), None);
+    }
+
+    #[test]
+    fn event_amounts_must_be_present_positive_cents_in_a_currency() {
+        assert_eq!(parse_amount(None), Err(AmountError::Missing));
+        assert_eq!(
+            parse_amount(Some(money(0, 0))),
+            Err(AmountError::NotPositiveCents)
+        );
+        let mut lower = money(1, 0);
+        lower.currency_code = "usd".into();
+        assert_eq!(
+            parse_amount(Some(lower)),
+            Err(AmountError::BadCurrency("usd".into()))
+        );
+        assert_eq!(
+            parse_amount(Some(money(2, 500_000_000))),
+            Ok(Amount {
+                minor_units: 250,
+                currency_code: "USD".into()
+            })
+        );
     }
 
     #[test]

@@ -129,20 +129,7 @@ fn parse_uuid(field: &str, value: &str) -> Result<Uuid, Rejection> {
 /// bypassed the gateway must not corrupt the table.
 fn validate_created(event: OrderCreated) -> Result<NewOrder, Rejection> {
     let order_id = parse_uuid("order_id", &event.order_id)?;
-    let amount = event
-        .amount
-        .ok_or_else(|| Rejection("amount is missing".into()))?;
-    let amount_minor = money::to_minor_units(&amount)
-        .filter(|minor| *minor > 0)
-        .ok_or_else(|| Rejection("amount is not a positive whole number of cents".into()))?;
-    if amount.currency_code.len() != 3
-        || !amount.currency_code.chars().all(|c| c.is_ascii_uppercase())
-    {
-        return Err(Rejection(format!(
-            "currency_code {:?} is invalid",
-            amount.currency_code
-        )));
-    }
+    let amount = money::parse_amount(event.amount).map_err(|err| Rejection(err.to_string()))?;
     if event.customer_id.is_empty() || event.product_id.is_empty() {
         return Err(Rejection("customer_id and product_id are required".into()));
     }
@@ -161,7 +148,7 @@ fn validate_created(event: OrderCreated) -> Result<NewOrder, Rejection> {
         customer_id: event.customer_id,
         product_id: event.product_id,
         quantity: event.quantity,
-        amount_minor,
+        amount_minor: amount.minor_units,
         currency_code: amount.currency_code,
         request_id: Some(event.request_id).filter(|id| !id.is_empty()),
         status: STATUS_AWAITING_PAYMENT,

@@ -91,43 +91,54 @@ pub async fn insert_if_new(conn: &mut AsyncPgConnection, order: &NewOrder) -> Qu
 }
 
 /// Marks an order that awaits payment as paid; returns whether it changed.
-/// A repeated or late event finds nothing to change.
 pub async fn mark_paid(
     conn: &mut AsyncPgConnection,
     order_id: Uuid,
     payment_id: Uuid,
 ) -> QueryResult<bool> {
-    let updated = diesel::update(
-        orders::table
-            .filter(orders::order_id.eq(order_id))
-            .filter(orders::status.eq(STATUS_AWAITING_PAYMENT)),
+    settle(
+        conn,
+        order_id,
+        (
+            orders::status.eq(STATUS_PAID),
+            orders::payment_id.eq(Some(payment_id)),
+        ),
     )
-    .set((
-        orders::status.eq(STATUS_PAID),
-        orders::payment_id.eq(payment_id),
-        orders::version.eq(orders::version + 1),
-        orders::update_time.eq(diesel::dsl::now),
-    ))
-    .execute(conn)
-    .await?;
-    Ok(updated == 1)
+    .await
 }
 
-/// Cancels an order that awaits payment; returns whether it changed. A
-/// repeated or late event finds nothing to change.
+/// Cancels an order that awaits payment; returns whether it changed.
 pub async fn mark_cancelled(
     conn: &mut AsyncPgConnection,
     order_id: Uuid,
     reason: &str,
 ) -> QueryResult<bool> {
+    settle(
+        conn,
+        order_id,
+        (
+            orders::status.eq(STATUS_CANCELLED),
+            orders::failure_reason.eq(Some(reason)),
+        ),
+    )
+    .await
+}
+
+/// Moves an order out of AWAITING_PAYMENT with `changes`, bumping its
+/// version and update time. Only that state may move, so a repeated, late
+/// or contradictory event finds nothing to change.
+async fn settle<C>(conn: &mut AsyncPgConnection, order_id: Uuid, changes: C) -> QueryResult<bool>
+where
+    C: diesel::AsChangeset<Target = orders::table>,
+    C::Changeset: diesel::query_builder::QueryFragment<diesel::pg::Pg> + Send,
+{
     let updated = diesel::update(
         orders::table
             .filter(orders::order_id.eq(order_id))
             .filter(orders::status.eq(STATUS_AWAITING_PAYMENT)),
     )
     .set((
-        orders::status.eq(STATUS_CANCELLED),
-        orders::failure_reason.eq(reason),
+        changes,
         orders::version.eq(orders::version + 1),
         orders::update_time.eq(diesel::dsl::now),
     ))

@@ -138,27 +138,14 @@ impl<P> PaymentEvents<P> {
 fn validate(request: ProcessPayment) -> Result<PaymentRequest, Rejection> {
     let order_id = Uuid::parse_str(&request.order_id)
         .map_err(|_| Rejection(format!("order_id {:?} is not a UUID", request.order_id)))?;
-    let amount = request
-        .amount
-        .ok_or_else(|| Rejection("amount is missing".into()))?;
-    let amount_minor = money::to_minor_units(&amount)
-        .filter(|minor| *minor > 0)
-        .ok_or_else(|| Rejection("amount is not a positive whole number of cents".into()))?;
-    if amount.currency_code.len() != 3
-        || !amount.currency_code.chars().all(|c| c.is_ascii_uppercase())
-    {
-        return Err(Rejection(format!(
-            "currency_code {:?} is invalid",
-            amount.currency_code
-        )));
-    }
+    let amount = money::parse_amount(request.amount).map_err(|err| Rejection(err.to_string()))?;
     if request.customer_id.is_empty() {
         return Err(Rejection("customer_id is missing".into()));
     }
     Ok(PaymentRequest {
         order_id,
         customer_id: request.customer_id,
-        amount_minor,
+        amount_minor: amount.minor_units,
         currency_code: amount.currency_code,
     })
 }
