@@ -7,7 +7,7 @@ use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use oms_api::google::r#type::Money;
 use oms_api::orders::events::v1::{OrderCreated, PaymentSucceeded, ProcessPayment};
 use oms_api::{Event, EventEnvelope};
-use oms_common::schema::consumer_offsets;
+use oms_common::schema::{consumer_offsets, outbox};
 
 /// A record's parts as a producer sends them.
 #[derive(Debug, Clone)]
@@ -92,4 +92,21 @@ pub async fn forget_offsets(conn: &mut AsyncPgConnection) {
         .execute(conn)
         .await
         .expect("delete offsets");
+}
+
+/// Waits until the service's outbox is empty: the relay has published, and
+/// the broker acknowledged, every event the committed work wrote.
+pub async fn wait_until_outbox_drained(db: &crate::TestDatabase, schema: &str) {
+    crate::eventually(
+        "the outbox to drain",
+        std::time::Duration::from_secs(20),
+        || async {
+            outbox::table
+                .count()
+                .get_result::<i64>(&mut db.connect(schema).await)
+                .await
+                .is_ok_and(|rows| rows == 0)
+        },
+    )
+    .await;
 }

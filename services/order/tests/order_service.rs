@@ -219,8 +219,9 @@ async fn redelivered_records_change_nothing() {
         .await
         .expect("orders");
     assert_eq!(rows, [("PAID".to_owned(), 2)], "one order, paid once");
-    // Give the relay time to publish anything a duplicate might have caused.
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    // Everything the committed batches wrote is on the broker once the
+    // outbox is empty, so a duplicate request would be visible now.
+    events::wait_until_outbox_drained(&app.db, SCHEMA).await;
     let requests = kafka::read_topic(&app.kafka, &app.topics.name(PROCESS_PAYMENT)).await;
     assert_eq!(requests.len(), 1, "payment requested exactly once");
     app.service.stop().await.expect("clean shutdown");

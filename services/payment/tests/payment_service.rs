@@ -145,7 +145,7 @@ async fn redelivered_payment_requests_charge_once() {
         1,
         "one payment per order"
     );
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    events::wait_until_outbox_drained(&db, SCHEMA).await;
     let client = kafka::client().await;
     assert_eq!(
         kafka::read_topic(&client, &topics.name(PAYMENT_SUCCEEDED))
@@ -229,7 +229,7 @@ async fn a_declined_payment_is_recorded_once_and_announced_as_failed() {
         committed().await == 2
     })
     .await;
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    events::wait_until_outbox_drained(&db, SCHEMA).await;
 
     let rows = payments_of(&db, order_id).await;
     assert_eq!(rows.len(), 1, "declined once");
