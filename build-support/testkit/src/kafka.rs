@@ -19,12 +19,15 @@ pub fn brokers() -> Vec<String> {
         .collect()
 }
 
+/// Partitions of the topics that in-process services create in tests.
+pub const TEST_PARTITIONS: i32 = 2;
+
 /// A Kafka config with a fresh topic prefix and small topics.
 pub fn test_config(prefix: &str) -> KafkaConfig {
     KafkaConfig {
         brokers: brokers(),
         topic_prefix: prefix.to_owned(),
-        partitions: 2,
+        partitions: TEST_PARTITIONS,
     }
 }
 
@@ -41,7 +44,7 @@ pub async fn client() -> Arc<Client> {
 
 /// Creates the topics (2 partitions) if missing.
 pub async fn create_topics(client: &Client, topics: &[String]) {
-    oms_common::kafka::ensure_topics(client, topics, 2)
+    oms_common::kafka::ensure_topics(client, topics, TEST_PARTITIONS)
         .await
         .expect("create topics");
 }
@@ -69,6 +72,21 @@ pub async fn produce_raw(
         .produce(vec![record], Compression::NoCompression)
         .await
         .expect("produce");
+}
+
+/// Produces `record` to the partition its key routes to, as the services'
+/// own producers would, on a topic of `TEST_PARTITIONS` partitions.
+pub async fn publish(client: &Client, topic: &str, record: &crate::events::RawRecord) {
+    let partition = oms_common::kafka::partition_for_key(&record.key, TEST_PARTITIONS as usize);
+    produce_raw(
+        client,
+        topic,
+        partition,
+        &record.key,
+        record.value.clone(),
+        record.headers.clone(),
+    )
+    .await;
 }
 
 /// Reads every record currently in the topic, all partitions.

@@ -24,17 +24,7 @@ async fn start_service(db: &TestDatabase, prefix: &str) -> RunningService {
 }
 
 async fn publish(topics: &TopicNames, topic: &str, record: &RawRecord) {
-    let client = kafka::client().await;
-    let partition = oms_common::kafka::partition_for_key(&record.key, 2);
-    kafka::produce_raw(
-        &client,
-        &topics.name(topic),
-        partition,
-        &record.key,
-        record.value.clone(),
-        record.headers.clone(),
-    )
-    .await;
+    kafka::publish(&*kafka::client().await, &topics.name(topic), record).await;
 }
 
 async fn notifications_of(db: &TestDatabase, order_id: Uuid) -> Vec<(String, String, String)> {

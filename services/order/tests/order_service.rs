@@ -56,17 +56,7 @@ async fn start_service(db: &TestDatabase, prefix: &str) -> RunningService {
 
 impl TestApp {
     async fn publish(&self, topic: &str, record: &RawRecord) {
-        let topic = self.topics.name(topic);
-        let partition = oms_common::kafka::partition_for_key(&record.key, 2);
-        kafka::produce_raw(
-            &self.kafka,
-            &topic,
-            partition,
-            &record.key,
-            record.value.clone(),
-            record.headers.clone(),
-        )
-        .await;
+        kafka::publish(&self.kafka, &self.topics.name(topic), record).await;
     }
 
     async fn get_order(&self, order_id: &str) -> Result<Order, tonic::Status> {
