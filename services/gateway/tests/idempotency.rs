@@ -10,7 +10,9 @@ use tonic::Code;
 
 use oms_api::google::r#type::Money;
 use oms_api::orders::v1::{CreateOrderRequest, GetOrderRequest, OrderStatus};
-use oms_testkit::eventually;
+use oms_common::topics::ORDER_CREATED;
+use oms_testkit::events::committed_records;
+use oms_testkit::{eventually, kafka};
 use support::start;
 
 fn request(customer: &str, request_id: &str, units: i64) -> CreateOrderRequest {
@@ -54,8 +56,22 @@ async fn the_same_request_sent_ten_times_concurrently_yields_one_order() {
         || async { harness.recorded_orders("ivy").await == 1 },
     )
     .await;
-    // Let any duplicate event be consumed before counting again.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Every record the calls published (a retry that found the order
+    // recorded publishes none) must be consumed before counting again.
+    let topic = harness.topics.name(ORDER_CREATED);
+    let published = kafka::read_topic(&*kafka::client().await, &topic)
+        .await
+        .len() as i64;
+    assert!(published >= 1);
+    eventually(
+        "every published record consumed",
+        Duration::from_secs(20),
+        || async {
+            committed_records(&mut harness.db.connect(order_service::SCHEMA).await, &topic).await
+                == published
+        },
+    )
+    .await;
     assert_eq!(
         harness.recorded_orders("ivy").await,
         1,

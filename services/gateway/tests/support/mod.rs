@@ -10,6 +10,7 @@ use diesel_async::RunQueryDsl;
 
 use gateway::{Application, GatewayConfig};
 use oms_api::orders::v1::order_service_client::OrderServiceClient;
+use oms_common::topics::TopicNames;
 use oms_testkit::service::{RunningService, service_config};
 use oms_testkit::{TestDatabase, kafka, unique_topic_prefix};
 use order_service::schema::orders;
@@ -38,6 +39,7 @@ pub struct Harness {
     pub db: TestDatabase,
     pub order_service: RunningService,
     pub gateway: RunningService,
+    pub topics: TopicNames,
 }
 
 /// An order service (with its own database) and a gateway reading through it.
@@ -54,6 +56,7 @@ pub async fn start() -> Harness {
         db,
         order_service,
         gateway,
+        topics: TopicNames::new(prefix),
     }
 }
 
