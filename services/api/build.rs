@@ -8,6 +8,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "orders/v1/orders.proto",
             "orders/events/v1/events.proto",
             "orders/internal/v1/order_query.proto",
+            "payments/v1/payments.proto",
+            "notifications/v1/notifications.proto",
         ],
     )
 }

@@ -102,13 +102,27 @@ impl System {
 
     /// Kills the service with SIGKILL and starts it again on the same port.
     pub fn crash_and_restart(&mut self, name: &str) {
-        let index = self
-            .services
+        self.kill(name);
+        self.restart(name);
+    }
+
+    /// Kills the service with SIGKILL and leaves it down.
+    pub fn kill(&mut self, name: &str) {
+        let index = self.index(name);
+        self.services[index].0.kill();
+    }
+
+    /// Starts a killed service again on its port.
+    pub fn restart(&mut self, name: &str) {
+        let index = self.index(name);
+        self.services[index].0 = ServiceProcess::spawn(name, &self.env, &self.prefix);
+    }
+
+    fn index(&self, name: &str) -> usize {
+        self.services
             .iter()
             .position(|(p, _)| p.name == name)
-            .expect("known service");
-        self.services[index].0.kill();
-        self.services[index].0 = ServiceProcess::spawn(name, &self.env, &self.prefix);
+            .expect("known service")
     }
 
     pub async fn gateway(&self) -> OrderServiceClient<Channel> {

@@ -3,6 +3,7 @@
 
 pub mod envelope;
 pub mod money;
+pub mod time;
 
 /// The encoded file descriptor set of every proto in `proto/`, served by
 /// each service's reflection endpoint.
@@ -30,6 +31,20 @@ pub mod orders {
         pub mod v1 {
             include!(concat!(env!("OUT_DIR"), "/orders.internal.v1.rs"));
         }
+    }
+}
+
+#[allow(clippy::all, missing_docs)]
+pub mod payments {
+    pub mod v1 {
+        include!(concat!(env!("OUT_DIR"), "/payments.v1.rs"));
+    }
+}
+
+#[allow(clippy::all, missing_docs)]
+pub mod notifications {
+    pub mod v1 {
+        include!(concat!(env!("OUT_DIR"), "/notifications.v1.rs"));
     }
 }
 

@@ -15,8 +15,14 @@ use tonic_health::server::HealthReporter;
 pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
 
 /// Requests one connection may have in flight; more wait their turn, so one
-/// client cannot pile up unbounded work.
+/// client cannot pile up unbounded work. A streaming call counts only until
+/// its response starts.
 const MAX_CONCURRENT_REQUESTS_PER_CONNECTION: usize = 256;
+
+/// HTTP/2 streams one connection may have open: enough for thousands of
+/// WatchOrder streams over the gateway's one connection to the order
+/// service (hyper's default is 200).
+const MAX_STREAMS_PER_CONNECTION: u32 = 10_000;
 
 /// Creates the health reporter and the routes that serve health and both
 /// reflection versions. Reflection lists health, reflection and the
@@ -71,7 +77,83 @@ pub async fn serve(
     tonic::transport::Server::builder()
         .timeout(Duration::from_secs(30))
         .concurrency_limit_per_connection(MAX_CONCURRENT_REQUESTS_PER_CONNECTION)
+        .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
         .add_routes(routes)
         .serve_with_incoming_shutdown(incoming, stop.cancelled_owned())
         .await
+}
+
+/// The status for a failed database call: UNAVAILABLE when the database
+/// cannot be reached (worth a retry), INTERNAL otherwise (logged in full,
+/// described to the caller in nothing but name).
+pub fn database_error_status(err: &crate::db::DbError) -> tonic::Status {
+    use crate::db::DbError;
+    match err {
+        DbError::Pool(_) | DbError::Connect(_) => {
+            tracing::warn!(error = %err, "database unavailable");
+            tonic::Status::unavailable("the database is unavailable, retry later")
+        }
+        DbError::Query(_) | DbError::Migration(_) => {
+            tracing::error!(error = ?err, "internal error");
+            tonic::Status::internal("internal error")
+        }
+    }
+}
+
+/// The time the caller allows for a call, from its `grpc-timeout` header.
+/// `None` without a deadline or with a malformed one.
+pub fn timeout_of<T>(request: &tonic::Request<T>) -> Option<Duration> {
+    parse_grpc_timeout(request.metadata().get("grpc-timeout")?.to_str().ok()?)
+}
+
+/// Reads a `grpc-timeout` value: at most 8 digits and a unit (H, M, S, m, u
+/// or n), as the gRPC HTTP/2 protocol defines it.
+fn parse_grpc_timeout(value: &str) -> Option<Duration> {
+    if !value.is_ascii() {
+        return None;
+    }
+    let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
+    if digits.is_empty() || digits.len() > 8 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let amount: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(amount * 3600),
+        "M" => Duration::from_secs(amount * 60),
+        "S" => Duration::from_secs(amount),
+        "m" => Duration::from_millis(amount),
+        "u" => Duration::from_micros(amount),
+        "n" => Duration::from_nanos(amount),
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_timeouts_in_every_unit() {
+        assert_eq!(parse_grpc_timeout("2H"), Some(Duration::from_secs(7200)));
+        assert_eq!(parse_grpc_timeout("3M"), Some(Duration::from_secs(180)));
+        assert_eq!(parse_grpc_timeout("5S"), Some(Duration::from_secs(5)));
+        assert_eq!(parse_grpc_timeout("250m"), Some(Duration::from_millis(250)));
+        assert_eq!(parse_grpc_timeout("7u"), Some(Duration::from_micros(7)));
+        assert_eq!(parse_grpc_timeout("9n"), Some(Duration::from_nanos(9)));
+    }
+
+    #[test]
+    fn malformed_grpc_timeouts_are_ignored() {
+        for bad in ["", "S", "5", "5s", "-5S", "123456789S", "1.5S", "é"] {
+            assert_eq!(parse_grpc_timeout(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn a_request_without_a_deadline_has_no_timeout() {
+        let mut request = tonic::Request::new(());
+        assert_eq!(timeout_of(&request), None);
+        request.set_timeout(Duration::from_millis(1500));
+        assert_eq!(timeout_of(&request), Some(Duration::from_millis(1500)));
+    }
 }

@@ -11,6 +11,7 @@ pub mod grpc;
 pub mod health;
 pub mod kafka;
 pub mod outbox;
+pub mod pagination;
 pub mod retry;
 pub mod schema;
 pub mod service;

@@ -15,6 +15,10 @@ pub enum GatewayError {
     BrokerUnavailable(String),
     #[error("the order service is unavailable: {0}")]
     OrderServiceUnavailable(String),
+    #[error("the call's deadline passed while watching order {0}")]
+    DeadlineExceeded(String),
+    #[error("the gateway is shutting down; watch again")]
+    ShuttingDown,
     #[error("unexpected answer from the order service: {0}")]
     Internal(String),
 }
@@ -37,6 +41,8 @@ impl From<GatewayError> for Status {
             ),
             GatewayError::RequestIdReused(_) => Status::already_exists(err.to_string()),
             GatewayError::NotFound(_) => Status::not_found(err.to_string()),
+            GatewayError::DeadlineExceeded(_) => Status::deadline_exceeded(err.to_string()),
+            GatewayError::ShuttingDown => Status::unavailable(err.to_string()),
             GatewayError::BrokerUnavailable(_) | GatewayError::OrderServiceUnavailable(_) => {
                 tracing::warn!(error = %err, "dependency unavailable");
                 Status::unavailable(err.to_string())

@@ -22,14 +22,19 @@ const ORDER_ID_NAMESPACE: Uuid = Uuid::from_u128(0x6f72_6465_7273_2d76_312d_7265
 /// one, otherwise new and time-ordered.
 pub fn order_id_for(order: &ValidOrder) -> Uuid {
     match &order.request_id {
-        // Validation forbids control characters in ids, so the NUL separator
-        // keeps ("ab", "c") and ("a", "bc") apart.
-        Some(request_id) => Uuid::new_v5(
-            &ORDER_ID_NAMESPACE,
-            format!("{}\0{request_id}", order.customer_id).as_bytes(),
-        ),
+        Some(request_id) => order_id_for_key(&order.customer_id, request_id),
         None => Uuid::now_v7(),
     }
+}
+
+/// The order id a customer's `request_id` names.
+pub fn order_id_for_key(customer_id: &str, request_id: &str) -> Uuid {
+    // Validation forbids control characters in ids, so the NUL separator
+    // keeps ("ab", "c") and ("a", "bc") apart.
+    Uuid::new_v5(
+        &ORDER_ID_NAMESPACE,
+        format!("{customer_id}\0{request_id}").as_bytes(),
+    )
 }
 
 /// Whether a recorded order is the one this request asks for.

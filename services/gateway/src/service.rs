@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use chrono::Utc;
 use tokio::sync::OnceCell;
+use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 use tonic::{Code, Request, Response, Status};
 use uuid::Uuid;
@@ -16,13 +17,16 @@ use oms_api::orders::internal::v1::order_query_service_client::OrderQueryService
 use oms_api::orders::v1::order_service_server::OrderService;
 use oms_api::orders::v1::{
     CreateOrderRequest, GetOrderRequest, ListOrdersRequest, ListOrdersResponse, Order, OrderStatus,
+    WatchOrderRequest,
 };
+use oms_common::grpc::timeout_of;
 use oms_common::kafka::{KeyedRecord, Producer};
 use tonic_types::FieldViolation;
 
 use crate::error::GatewayError;
 use crate::idempotency;
 use crate::validation::{ValidOrder, validate_create_order, validate_list_orders};
+use crate::watch::OrderStream;
 
 /// The CloudEvents source of the events the gateway publishes.
 const SOURCE: &str = "/gateway";
@@ -35,6 +39,8 @@ pub struct Gateway {
     pub orders: OrderQueryServiceClient<Channel>,
     /// The longest a CreateOrder waits for the broker's acknowledgement.
     pub publish_timeout: Duration,
+    /// Ends open WatchOrder streams when the gateway stops.
+    pub shutdown: CancellationToken,
 }
 
 impl Gateway {
@@ -164,7 +170,7 @@ impl Gateway {
 
 /// What an order service failure means for the gateway's caller: its own
 /// bugs stay INTERNAL; anything else means it cannot be reached or used now.
-fn upstream_error(status: Status) -> GatewayError {
+pub(crate) fn upstream_error(status: Status) -> GatewayError {
     match status.code() {
         Code::Internal | Code::Unknown | Code::DataLoss => {
             GatewayError::Internal(status.message().to_owned())
@@ -174,15 +180,22 @@ fn upstream_error(status: Status) -> GatewayError {
 }
 
 fn timestamp_now() -> prost_types::Timestamp {
-    let now = Utc::now();
-    prost_types::Timestamp {
-        seconds: now.timestamp(),
-        nanos: now.timestamp_subsec_nanos() as i32,
-    }
+    oms_api::time::to_timestamp(Utc::now())
 }
 
 #[tonic::async_trait]
 impl OrderService for Gateway {
+    type WatchOrderStream = OrderStream;
+
+    async fn watch_order(
+        &self,
+        request: Request<WatchOrderRequest>,
+    ) -> Result<Response<OrderStream>, Status> {
+        let timeout = timeout_of(&request);
+        let stream = Gateway::watch_order(self, request.into_inner(), timeout).await?;
+        Ok(Response::new(stream))
+    }
+
     async fn create_order(
         &self,
         request: Request<CreateOrderRequest>,

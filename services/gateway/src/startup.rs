@@ -89,6 +89,7 @@ impl Application {
             order_created_topic: topic.clone(),
             orders: OrderQueryServiceClient::new(orders),
             publish_timeout: config.publish_timeout,
+            shutdown: shutdown.clone(),
         };
 
         let (readiness, routes) = Readiness::new(&[SERVICE_NAME, "orders.v1.OrderService"]).await;

@@ -7,12 +7,15 @@ use diesel_migrations::{EmbeddedMigrations, embed_migrations};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use oms_api::notifications::v1::notification_service_server::NotificationServiceServer;
 use oms_common::config::ConfigError;
 use oms_common::db;
+use oms_common::grpc::MAX_REQUEST_BYTES;
 use oms_common::service::{EventService, ServiceConfig};
 use oms_common::topics::{ORDER_CREATED, PAYMENT_FAILED, PAYMENT_SUCCEEDED, TopicNames};
 
 use crate::events::NotificationEvents;
+use crate::query::NotificationQueries;
 
 pub const SERVICE_NAME: &str = "notification-service";
 pub const SCHEMA: &str = "notification_service";
@@ -47,6 +50,8 @@ impl Application {
     pub async fn run_until(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let topics = TopicNames::new(self.config.kafka.topic_prefix.clone());
         let pool = db::pool(&self.config.database, SCHEMA);
+        let queries = NotificationServiceServer::new(NotificationQueries { pool: pool.clone() })
+            .max_decoding_message_size(MAX_REQUEST_BYTES);
         let service = EventService {
             name: SERVICE_NAME,
             schema: SCHEMA,
@@ -58,10 +63,16 @@ impl Application {
             ],
             produces: vec![],
             handler: NotificationEvents,
-            grpc_services: vec![],
+            grpc_services: vec!["notifications.v1.NotificationService"],
         };
         service
-            .run(&self.config, pool, self.listener, |routes| routes, shutdown)
+            .run(
+                &self.config,
+                pool,
+                self.listener,
+                |routes| routes.add_service(queries),
+                shutdown,
+            )
             .await
     }
 }

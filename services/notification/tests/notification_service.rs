@@ -8,6 +8,10 @@ use uuid::Uuid;
 
 use notification_service::schema::notifications;
 use notification_service::{Application, SCHEMA};
+use oms_api::notifications::v1::notification_service_client::NotificationServiceClient;
+use oms_api::notifications::v1::{
+    ListNotificationsRequest, ListNotificationsResponse, NotificationKind,
+};
 use oms_common::topics::{ORDER_CREATED, PAYMENT_SUCCEEDED, TopicNames};
 use oms_testkit::events::{self, RawRecord, committed_records, forget_offsets, record};
 use oms_testkit::service::{RunningService, service_config};
@@ -81,10 +85,16 @@ async fn each_step_is_recorded_once_even_when_redelivered() {
     .await;
 
     let rows = notifications_of(&db, order_id).await;
-    let kinds: Vec<&str> = rows.iter().map(|(kind, _, _)| kind.as_str()).collect();
+    // The two topics are consumed in parallel: either may be recorded first.
+    let mut kinds: Vec<&str> = rows.iter().map(|(kind, _, _)| kind.as_str()).collect();
+    kinds.sort_unstable();
     assert_eq!(kinds, ["ORDER_RECEIVED", "PAYMENT_SUCCEEDED"]);
     assert!(rows.iter().all(|(_, customer, _)| customer == "gina"));
-    assert!(rows[1].2.contains("42.50 EUR"), "message: {}", rows[1].2);
+    let paid = rows
+        .iter()
+        .find(|(kind, _, _)| kind == "PAYMENT_SUCCEEDED")
+        .expect("paid notification");
+    assert!(paid.2.contains("42.50 EUR"), "message: {}", paid.2);
     service.stop().await.expect("clean shutdown");
 }
 
@@ -92,7 +102,14 @@ async fn each_step_is_recorded_once_even_when_redelivered() {
 async fn health_is_serving_and_reflection_works() {
     let db = TestDatabase::create().await;
     let service = start_service(&db, &unique_topic_prefix()).await;
-    oms_testkit::grpc::assert_health_and_reflection(service.addr, &["notification-service"]).await;
+    oms_testkit::grpc::assert_health_and_reflection(
+        service.addr,
+        &[
+            "notification-service",
+            "notifications.v1.NotificationService",
+        ],
+    )
+    .await;
     service.stop().await.expect("clean shutdown");
 }
 
@@ -160,5 +177,166 @@ async fn poison_on_either_topic_is_dead_lettered_and_valid_events_still_count() 
         reasons.iter().any(|r| r.contains("amount is missing")),
         "{reasons:?}"
     );
+    service.stop().await.expect("clean shutdown");
+}
+
+async fn list(
+    service: &RunningService,
+    request: ListNotificationsRequest,
+) -> Result<ListNotificationsResponse, tonic::Status> {
+    let channel = oms_testkit::grpc::channel(service.addr).await;
+    NotificationServiceClient::new(channel)
+        .list_notifications(request)
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+/// Publishes order-created and payment-succeeded for a new order of
+/// `customer` and returns the order id.
+async fn place_paid_order(topics: &TopicNames, customer: &str) -> String {
+    let id = Uuid::now_v7().to_string();
+    let created = record(&id, &events::order_created(&id, customer));
+    let paid = events::payment_succeeded(&id, &Uuid::now_v7().to_string(), customer);
+    publish(topics, ORDER_CREATED, &created).await;
+    publish(topics, PAYMENT_SUCCEEDED, &record(&id, &paid)).await;
+    id
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn list_notifications_by_order_shows_its_timeline() {
+    let db = TestDatabase::create().await;
+    let prefix = unique_topic_prefix();
+    let topics = TopicNames::new(prefix.clone());
+    let service = start_service(&db, &prefix).await;
+    let order_id = place_paid_order(&topics, "kim").await;
+    let by_order = || ListNotificationsRequest {
+        order_id: order_id.clone(),
+        ..Default::default()
+    };
+    eventually("both notifications listed", WAIT, || async {
+        list(&service, by_order())
+            .await
+            .is_ok_and(|page| page.notifications.len() == 2)
+    })
+    .await;
+
+    let page = list(&service, by_order()).await.expect("list");
+    assert_eq!(page.next_page_token, "");
+    let kinds: Vec<i32> = page.notifications.iter().map(|n| n.kind).collect();
+    // Recorded from two topics in parallel, so either may come first.
+    assert!(kinds.contains(&(NotificationKind::OrderReceived as i32)));
+    assert!(kinds.contains(&(NotificationKind::PaymentSucceeded as i32)));
+    for notification in &page.notifications {
+        assert_eq!(notification.order_id, order_id);
+        assert_eq!(notification.customer_id, "kim");
+        assert!(notification.message.contains(&order_id));
+        assert!(notification.create_time.is_some());
+        assert!(notification.notification_id.parse::<i64>().is_ok());
+    }
+    service.stop().await.expect("clean shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn list_notifications_pages_through_a_customer_exactly_once_while_more_arrive() {
+    let db = TestDatabase::create().await;
+    let prefix = unique_topic_prefix();
+    let topics = TopicNames::new(prefix.clone());
+    let service = start_service(&db, &prefix).await;
+    let mut orders = Vec::new();
+    for _ in 0..7 {
+        orders.push(place_paid_order(&topics, "lena").await);
+    }
+    place_paid_order(&topics, "someone-else").await;
+    let first_page = |page_token: String| ListNotificationsRequest {
+        customer_id: "lena".into(),
+        page_size: 4,
+        page_token,
+        ..Default::default()
+    };
+    eventually("lena's 14 notifications", WAIT, || async {
+        let count = notifications::table
+            .filter(notifications::customer_id.eq("lena"))
+            .count()
+            .get_result::<i64>(&mut db.connect(SCHEMA).await)
+            .await
+            .expect("count");
+        count == 14
+    })
+    .await;
+
+    let mut seen = Vec::new();
+    let mut token = String::new();
+    let mut pages = 0;
+    loop {
+        let page = list(&service, first_page(token)).await.expect("page");
+        assert!(page.notifications.len() <= 4);
+        seen.extend(page.notifications);
+        pages += 1;
+        // New notifications arrive between pages; they sort after the
+        // position and must not disturb it.
+        if pages == 1 {
+            orders.push(place_paid_order(&topics, "lena").await);
+        }
+        token = page.next_page_token;
+        if token.is_empty() {
+            break;
+        }
+    }
+    assert!(pages >= 4, "{pages} pages");
+    let ids: Vec<i64> = seen
+        .iter()
+        .map(|n| n.notification_id.parse().expect("numeric id"))
+        .collect();
+    let mut unique = ids.clone();
+    unique.sort_unstable();
+    unique.dedup();
+    assert_eq!(unique.len(), ids.len(), "no notification twice: {ids:?}");
+    assert!(seen.iter().all(|n| n.customer_id == "lena"));
+    for order_id in &orders[..7] {
+        let listed = seen.iter().filter(|n| &n.order_id == order_id).count();
+        assert_eq!(listed, 2, "both notifications of {order_id}");
+    }
+    let times: Vec<_> = seen
+        .iter()
+        .map(|n| n.create_time.expect("time"))
+        .map(|t| (t.seconds, t.nanos))
+        .collect();
+    assert!(times.is_sorted(), "oldest first");
+    service.stop().await.expect("clean shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn list_notifications_refuses_bad_requests() {
+    let db = TestDatabase::create().await;
+    let service = start_service(&db, &unique_topic_prefix()).await;
+    for (request, what) in [
+        (ListNotificationsRequest::default(), "no filter"),
+        (
+            ListNotificationsRequest {
+                order_id: "nope".into(),
+                ..Default::default()
+            },
+            "order_id",
+        ),
+        (
+            ListNotificationsRequest {
+                customer_id: "c".into(),
+                page_size: -1,
+                ..Default::default()
+            },
+            "page_size",
+        ),
+        (
+            ListNotificationsRequest {
+                customer_id: "c".into(),
+                page_token: "forged".into(),
+                ..Default::default()
+            },
+            "page_token",
+        ),
+    ] {
+        let status = list(&service, request).await.expect_err(what);
+        assert_eq!(status.code(), tonic::Code::InvalidArgument, "{what}");
+    }
     service.stop().await.expect("clean shutdown");
 }

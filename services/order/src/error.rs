@@ -1,6 +1,7 @@
 //! The order service's errors and their one mapping to gRPC status codes.
 
 use oms_common::db::DbError;
+use oms_common::grpc::database_error_status;
 use tonic::Status;
 
 pub type Result<T, E = OrderError> = std::result::Result<T, E>;
@@ -15,6 +16,10 @@ pub enum OrderError {
     InvalidPageSize,
     #[error("order {0} not found")]
     NotFound(uuid::Uuid),
+    #[error("the call's deadline passed while watching order {0}")]
+    DeadlineExceeded(uuid::Uuid),
+    #[error("the order service is shutting down; watch again")]
+    ShuttingDown,
     #[error(transparent)]
     Database(#[from] DbError),
 }
@@ -32,14 +37,9 @@ impl From<OrderError> for Status {
             | OrderError::InvalidPageToken
             | OrderError::InvalidPageSize => Status::invalid_argument(err.to_string()),
             OrderError::NotFound(_) => Status::not_found(err.to_string()),
-            OrderError::Database(DbError::Pool(_) | DbError::Connect(_)) => {
-                tracing::warn!(error = %err, "database unavailable");
-                Status::unavailable("the order database is unavailable, retry later")
-            }
-            OrderError::Database(_) => {
-                tracing::error!(error = ?err, "internal error");
-                Status::internal("internal error")
-            }
+            OrderError::DeadlineExceeded(_) => Status::deadline_exceeded(err.to_string()),
+            OrderError::ShuttingDown => Status::unavailable(err.to_string()),
+            OrderError::Database(err) => database_error_status(err),
         }
     }
 }

@@ -141,7 +141,8 @@ fn validate_created(event: OrderCreated) -> Result<NewOrder, Rejection> {
     }
     let create_time = event
         .create_time
-        .and_then(|t| chrono::DateTime::from_timestamp(t.seconds, t.nanos.max(0) as u32))
+        .as_ref()
+        .and_then(oms_api::time::from_timestamp)
         .ok_or_else(|| Rejection("create_time is missing or invalid".into()))?;
     Ok(NewOrder {
         order_id,

@@ -1,25 +1,38 @@
 //! The internal read API the gateway calls: `orders.internal.v1.OrderQueryService`.
 
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
 use oms_api::orders::internal::v1::order_query_service_server::OrderQueryService;
 use oms_api::orders::internal::v1::{GetOrderRequest, GetOrderResponse};
-use oms_api::orders::v1::{ListOrdersRequest, ListOrdersResponse};
+use oms_api::orders::v1::{ListOrdersRequest, ListOrdersResponse, WatchOrderRequest};
 use oms_common::db::{DbError, DbPool};
+use oms_common::grpc::timeout_of;
+use oms_common::pagination;
 
 use crate::error::{OrderError, Result};
-use crate::pagination::{self, Position};
+use crate::order_stream::{OrderStream, OrderWatch};
+use crate::pagination::Position;
 use crate::repository;
+use crate::watch::OrderChanges;
 
 pub struct OrderQueries {
     pub pool: DbPool,
+    pub changes: OrderChanges,
+    /// Ends open WatchOrder streams when the service stops.
+    pub shutdown: CancellationToken,
+}
+
+fn parse_order_id(raw_id: &str) -> Result<Uuid> {
+    Uuid::parse_str(raw_id).map_err(|_| OrderError::InvalidOrderId(raw_id.to_owned()))
 }
 
 impl OrderQueries {
     async fn get_order(&self, raw_id: &str) -> Result<GetOrderResponse> {
-        let order_id =
-            Uuid::parse_str(raw_id).map_err(|_| OrderError::InvalidOrderId(raw_id.to_owned()))?;
+        let order_id = parse_order_id(raw_id)?;
         let mut conn = self.pool.get().await.map_err(DbError::from)?;
         let order = repository::find(&mut conn, order_id)
             .await?
@@ -38,30 +51,40 @@ impl OrderQueries {
         let customer_id = Some(request.customer_id.as_str()).filter(|id| !id.is_empty());
         let mut conn = self.pool.get().await.map_err(DbError::from)?;
         // One more than asked tells whether another page follows.
-        let mut rows = repository::list(&mut conn, customer_id, after, limit + 1).await?;
-        let next_page_token = if rows.len() as i64 > limit {
-            rows.truncate(limit as usize);
-            rows.last()
-                .map(|last| {
-                    Position {
-                        create_time: last.create_time,
-                        order_id: last.order_id,
-                    }
-                    .to_token()
-                })
-                .unwrap_or_default()
-        } else {
-            String::new()
-        };
+        let rows = repository::list(&mut conn, customer_id, after, limit + 1).await?;
+        let (rows, next_page_token) = pagination::split_page(rows, limit, |last| {
+            Position {
+                create_time: last.create_time,
+                order_id: last.order_id,
+            }
+            .to_token()
+        });
         Ok(ListOrdersResponse {
             orders: rows.into_iter().map(|row| row.into_proto()).collect(),
             next_page_token,
         })
     }
+
+    async fn watch_order(&self, raw_id: &str, timeout: Option<Duration>) -> Result<OrderStream> {
+        let order_id = parse_order_id(raw_id)?;
+        let subscription = self.changes.subscribe(order_id).await?;
+        Ok(OrderWatch::new(order_id, subscription, timeout, self.shutdown.clone()).into_stream())
+    }
 }
 
 #[tonic::async_trait]
 impl OrderQueryService for OrderQueries {
+    type WatchOrderStream = OrderStream;
+
+    async fn watch_order(
+        &self,
+        request: Request<WatchOrderRequest>,
+    ) -> Result<Response<OrderStream>, Status> {
+        let timeout = timeout_of(&request);
+        let stream = OrderQueries::watch_order(self, &request.get_ref().order_id, timeout).await?;
+        Ok(Response::new(stream))
+    }
+
     async fn get_order(
         &self,
         request: Request<GetOrderRequest>,

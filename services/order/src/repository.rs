@@ -7,6 +7,7 @@ use uuid::Uuid;
 
 use oms_api::money;
 use oms_api::orders::v1::{Order, OrderStatus};
+use oms_api::time::to_timestamp;
 
 use crate::pagination::Position;
 use crate::schema::orders;
@@ -43,9 +44,15 @@ pub struct OrderRow {
     pub create_time: DateTime<Utc>,
     pub update_time: DateTime<Utc>,
     pub failure_reason: Option<String>,
+    pub version: i32,
 }
 
 impl OrderRow {
+    /// Whether the order has reached the end of its life.
+    pub fn is_terminal(&self) -> bool {
+        matches!(self.status.as_str(), STATUS_PAID | STATUS_CANCELLED)
+    }
+
     /// The order as the public API shows it.
     pub fn into_proto(self) -> Order {
         let status = match self.status.as_str() {
@@ -64,18 +71,11 @@ impl OrderRow {
                 self.amount_minor,
             )),
             status: status as i32,
-            create_time: Some(timestamp(self.create_time)),
-            update_time: Some(timestamp(self.update_time)),
+            create_time: Some(to_timestamp(self.create_time)),
+            update_time: Some(to_timestamp(self.update_time)),
             payment_id: self.payment_id.map(|id| id.to_string()).unwrap_or_default(),
             failure_reason: self.failure_reason.unwrap_or_default(),
         }
-    }
-}
-
-fn timestamp(time: DateTime<Utc>) -> prost_types::Timestamp {
-    prost_types::Timestamp {
-        seconds: time.timestamp(),
-        nanos: time.timestamp_subsec_nanos() as i32,
     }
 }
 

@@ -18,6 +18,7 @@ use oms_common::topics::{
 
 use crate::events::OrderEvents;
 use crate::query::OrderQueries;
+use crate::watch::OrderChanges;
 
 pub const SERVICE_NAME: &str = "order-service";
 pub const SCHEMA: &str = "order_service";
@@ -48,8 +49,18 @@ impl Application {
     pub async fn run_until(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let topics = TopicNames::new(self.config.kafka.topic_prefix.clone());
         let pool = db::pool(&self.config.database, SCHEMA);
-        let queries = OrderQueryServiceServer::new(OrderQueries { pool: pool.clone() })
-            .max_decoding_message_size(MAX_REQUEST_BYTES);
+        let changes = OrderChanges::new(pool.clone());
+        tokio::spawn(
+            changes
+                .clone()
+                .listen(self.config.database.url.clone(), shutdown.clone()),
+        );
+        let queries = OrderQueryServiceServer::new(OrderQueries {
+            pool: pool.clone(),
+            changes,
+            shutdown: shutdown.clone(),
+        })
+        .max_decoding_message_size(MAX_REQUEST_BYTES);
         let service = EventService {
             name: SERVICE_NAME,
             schema: SCHEMA,

@@ -7,13 +7,16 @@ use diesel_migrations::{EmbeddedMigrations, embed_migrations};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use oms_api::payments::v1::payment_service_server::PaymentServiceServer;
 use oms_common::config::ConfigError;
 use oms_common::db;
+use oms_common::grpc::MAX_REQUEST_BYTES;
 use oms_common::service::{EventService, ServiceConfig};
 use oms_common::topics::{PAYMENT_FAILED, PAYMENT_SUCCEEDED, PROCESS_PAYMENT, TopicNames};
 
 use crate::events::PaymentEvents;
 use crate::provider::SimulatedProvider;
+use crate::query::PaymentQueries;
 
 pub const SERVICE_NAME: &str = "payment-service";
 pub const SCHEMA: &str = "payment_service";
@@ -60,6 +63,8 @@ impl Application {
     pub async fn run_until(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let topics = TopicNames::new(self.config.service.kafka.topic_prefix.clone());
         let pool = db::pool(&self.config.service.database, SCHEMA);
+        let queries = PaymentServiceServer::new(PaymentQueries { pool: pool.clone() })
+            .max_decoding_message_size(MAX_REQUEST_BYTES);
         let service = EventService {
             name: SERVICE_NAME,
             schema: SCHEMA,
@@ -72,14 +77,14 @@ impl Application {
                 payment_failed_topic: topics.name(PAYMENT_FAILED),
                 source: "/payment-service",
             },
-            grpc_services: vec![],
+            grpc_services: vec!["payments.v1.PaymentService"],
         };
         service
             .run(
                 &self.config.service,
                 pool,
                 self.listener,
-                |routes| routes,
+                |routes| routes.add_service(queries),
                 shutdown,
             )
             .await

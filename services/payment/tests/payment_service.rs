@@ -8,6 +8,8 @@ use prost::Message;
 use uuid::Uuid;
 
 use oms_api::orders::events::v1::{PaymentFailed, PaymentSucceeded};
+use oms_api::payments::v1::payment_service_client::PaymentServiceClient;
+use oms_api::payments::v1::{GetPaymentRequest, Payment, PaymentStatus};
 use oms_api::{Event, EventEnvelope};
 use oms_common::topics::{
     PAYMENT_FAILED, PAYMENT_SUCCEEDED, PROCESS_PAYMENT, TopicNames, dead_letter_topic,
@@ -179,7 +181,11 @@ async fn invalid_payment_request_is_dead_lettered() {
 async fn health_is_serving_and_reflection_works() {
     let db = TestDatabase::create().await;
     let service = start_service(&db, &unique_topic_prefix()).await;
-    oms_testkit::grpc::assert_health_and_reflection(service.addr, &["payment-service"]).await;
+    oms_testkit::grpc::assert_health_and_reflection(
+        service.addr,
+        &["payment-service", "payments.v1.PaymentService"],
+    )
+    .await;
     service.stop().await.expect("clean shutdown");
 }
 
@@ -237,5 +243,54 @@ async fn a_declined_payment_is_recorded_once_and_announced_as_failed() {
             .is_empty(),
         "never both"
     );
+    service.stop().await.expect("clean shutdown");
+}
+
+async fn get_payment(service: &RunningService, order_id: &str) -> Result<Payment, tonic::Status> {
+    let channel = oms_testkit::grpc::channel(service.addr).await;
+    PaymentServiceClient::new(channel)
+        .get_payment(GetPaymentRequest {
+            order_id: order_id.to_owned(),
+        })
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn get_payment_shows_taken_and_declined_payments() {
+    let db = TestDatabase::create().await;
+    let prefix = unique_topic_prefix();
+    let topics = TopicNames::new(prefix.clone());
+    let service = start_service(&db, &prefix).await;
+    let approved = Uuid::now_v7().to_string();
+    let declined = Uuid::now_v7().to_string();
+    for (order_id, customer) in [(&approved, "judy"), (&declined, DECLINED_CUSTOMER)] {
+        let request = events::process_payment(order_id, customer);
+        publish(&topics, PROCESS_PAYMENT, &record(order_id, &request)).await;
+    }
+    eventually("both payments readable", WAIT, || async {
+        get_payment(&service, &approved).await.is_ok()
+            && get_payment(&service, &declined).await.is_ok()
+    })
+    .await;
+
+    let taken = get_payment(&service, &approved).await.expect("approved");
+    let rows = payments_of(&db, Uuid::parse_str(&approved).unwrap()).await;
+    assert_eq!(taken.payment_id, rows[0].0.to_string());
+    assert_eq!(taken.order_id, approved);
+    assert_eq!(taken.customer_id, "judy");
+    assert_eq!(taken.amount, Some(events::euros(42, 50)));
+    assert_eq!(taken.status, PaymentStatus::Completed as i32);
+    assert_eq!(taken.decline_reason, "");
+    assert!(taken.create_time.is_some());
+
+    let refused = get_payment(&service, &declined).await.expect("declined");
+    assert_eq!(refused.status, PaymentStatus::Declined as i32);
+    assert_eq!(refused.decline_reason, "customer mallory may not pay");
+
+    let unknown = get_payment(&service, &Uuid::now_v7().to_string()).await;
+    assert_eq!(unknown.unwrap_err().code(), tonic::Code::NotFound);
+    let malformed = get_payment(&service, "not-a-uuid").await;
+    assert_eq!(malformed.unwrap_err().code(), tonic::Code::InvalidArgument);
     service.stop().await.expect("clean shutdown");
 }
