@@ -25,6 +25,13 @@ test-faults: infra
     cargo build --workspace --bins
     cargo test -p oms-e2e --test faults -- --nocapture
 
+# The benchmark against release builds: `just bench` (everything),
+# `just bench ceilings` (the machine's ceilings only) or `just bench smoke`
+# (a few seconds). Extra arguments go to oms-loadgen. Writes
+# target/bench/latest.json; see BENCHMARKS.md.
+bench mode="full" *args:
+    {{scripts}}/bench.sh {{mode}} {{args}}
+
 # Starts what the tests and services need: a tansu broker and PostgreSQL.
 infra: broker postgres
 

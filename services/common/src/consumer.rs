@@ -247,36 +247,22 @@ impl<H: EventHandler> Consumer<H> {
         batch: &[InboundRecord],
         new_offset: i64,
     ) -> Result<(), DbError> {
-        let mut outbox_messages = Vec::new();
-        let mut events = Vec::with_capacity(batch.len());
-        for record in batch {
-            match self.handler.decode(record) {
-                Ok(event) => events.push(event),
-                Err(rejection) => {
-                    tracing::error!(
-                        topic = %record.topic, partition, offset = record.offset, reason = %rejection,
-                        "poison record sent to the dead-letter topic"
-                    );
-                    outbox_messages.push(dead_letter(record, &rejection));
-                }
-            }
-        }
-        let dead_letters = outbox_messages.len() as u64;
-        let applied = events.len() as u64;
-        let handler = &self.handler;
-        let mut conn = self.pool.get().await?;
-        let wrote_outbox = conn
-            .transaction::<_, diesel::result::Error, _>(async |conn| {
-                outbox_messages.extend(handler.apply(conn, events).await?);
-                outbox::enqueue(conn, &outbox_messages).await?;
-                store_offset(conn, topic, partition, new_offset).await?;
-                Ok(!outbox_messages.is_empty())
-            })
-            .await?;
-        if wrote_outbox {
+        let outcome = commit_records(
+            &self.pool,
+            &*self.handler,
+            topic,
+            partition,
+            batch,
+            new_offset,
+        )
+        .await?;
+        if outcome.wrote_outbox {
             self.relay_wakeup.notify_one();
         }
-        self.stats.processed.fetch_add(applied, Ordering::Relaxed);
+        self.stats
+            .processed
+            .fetch_add(outcome.applied, Ordering::Relaxed);
+        let dead_letters = outcome.dead_letters;
         if dead_letters > 0 {
             // Counted once committed, so a retried batch is not counted twice.
             let total = self
@@ -288,6 +274,58 @@ impl<H: EventHandler> Consumer<H> {
         }
         Ok(())
     }
+}
+
+/// What one committed batch did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchOutcome {
+    pub applied: u64,
+    pub dead_letters: u64,
+    pub wrote_outbox: bool,
+}
+
+/// Decodes `batch`, applies its events with `handler`, writes the outbox
+/// rows they cause plus a dead letter per poison record, and stores
+/// `new_offset` for the partition, all in one transaction. (The consumer
+/// loop's unit of work; the benchmark's PostgreSQL ceiling runs it too.)
+pub async fn commit_records<H: EventHandler>(
+    pool: &DbPool,
+    handler: &H,
+    topic: &str,
+    partition: i32,
+    batch: &[InboundRecord],
+    new_offset: i64,
+) -> Result<BatchOutcome, DbError> {
+    let mut outbox_messages = Vec::new();
+    let mut events = Vec::with_capacity(batch.len());
+    for record in batch {
+        match handler.decode(record) {
+            Ok(event) => events.push(event),
+            Err(rejection) => {
+                tracing::error!(
+                    topic = %record.topic, partition, offset = record.offset, reason = %rejection,
+                    "poison record sent to the dead-letter topic"
+                );
+                outbox_messages.push(dead_letter(record, &rejection));
+            }
+        }
+    }
+    let dead_letters = outbox_messages.len() as u64;
+    let applied = events.len() as u64;
+    let mut conn = pool.get().await?;
+    let wrote_outbox = conn
+        .transaction::<_, diesel::result::Error, _>(async |conn| {
+            outbox_messages.extend(handler.apply(conn, events).await?);
+            outbox::enqueue(conn, &outbox_messages).await?;
+            store_offset(conn, topic, partition, new_offset).await?;
+            Ok(!outbox_messages.is_empty())
+        })
+        .await?;
+    Ok(BatchOutcome {
+        applied,
+        dead_letters,
+        wrote_outbox,
+    })
 }
 
 /// Waits out the next backoff delay; returns early, with `true`, on shutdown.

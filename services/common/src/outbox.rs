@@ -25,7 +25,7 @@ use crate::retry::Backoff;
 use crate::schema::outbox;
 
 /// How many rows the relay publishes per round.
-const RELAY_BATCH: i64 = 500;
+pub const RELAY_BATCH: i64 = 500;
 /// How often the relay looks for rows nobody woke it for, such as rows left
 /// by a previous process that crashed before publishing them.
 const RELAY_SWEEP_INTERVAL: Duration = Duration::from_millis(500);
@@ -61,15 +61,34 @@ struct NewOutboxRow<'a> {
     header_values: Vec<&'a [u8]>,
 }
 
-#[derive(Queryable, Selectable)]
+/// A row waiting for the relay.
+#[derive(Debug, Queryable, Selectable)]
 #[diesel(table_name = outbox)]
-struct OutboxRow {
-    id: i64,
-    topic: String,
-    message_key: Vec<u8>,
-    payload: Vec<u8>,
-    header_names: Vec<String>,
-    header_values: Vec<Vec<u8>>,
+pub struct OutboxRow {
+    pub id: i64,
+    pub topic: String,
+    pub message_key: Vec<u8>,
+    pub payload: Vec<u8>,
+    pub header_names: Vec<String>,
+    pub header_values: Vec<Vec<u8>>,
+}
+
+/// The oldest `limit` rows waiting to be published.
+pub async fn load_pending(conn: &mut AsyncPgConnection, limit: i64) -> QueryResult<Vec<OutboxRow>> {
+    outbox::table
+        .select(OutboxRow::as_select())
+        .order(outbox::id)
+        .limit(limit)
+        .load(conn)
+        .await
+}
+
+/// Deletes rows the broker has acknowledged.
+pub async fn delete_published(conn: &mut AsyncPgConnection, ids: &[i64]) -> QueryResult<()> {
+    diesel::delete(outbox::table.filter(outbox::id.eq_any(ids)))
+        .execute(conn)
+        .await?;
+    Ok(())
 }
 
 /// Writes the messages to the outbox; call inside the transaction that makes
@@ -140,23 +159,16 @@ pub async fn run_relay(
 /// Publishes rows until the outbox is empty.
 async fn publish_pending(pool: &DbPool, producer: &Producer) -> Result<(), RelayError> {
     loop {
-        let rows: Vec<OutboxRow> = {
+        let rows = {
             let mut conn = pool.get().await.map_err(DbError::from)?;
-            outbox::table
-                .select(OutboxRow::as_select())
-                .order(outbox::id)
-                .limit(RELAY_BATCH)
-                .load(&mut conn)
-                .await?
+            load_pending(&mut conn, RELAY_BATCH).await?
         };
         if rows.is_empty() {
             return Ok(());
         }
         let published = publish_rows(producer, rows).await?;
         let mut conn = pool.get().await.map_err(DbError::from)?;
-        diesel::delete(outbox::table.filter(outbox::id.eq_any(&published)))
-            .execute(&mut conn)
-            .await?;
+        delete_published(&mut conn, &published).await?;
         tracing::debug!(count = published.len(), "published outbox rows");
     }
 }

@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# The benchmark: builds the release binaries, starts a broker and PostgreSQL
+# if none answer, runs the four services on their own ports against a fresh
+# database and topic prefix, drives them with oms-loadgen, and stops them.
+#   bench.sh            # the full benchmark (see `oms-loadgen bench --help`)
+#   bench.sh ceilings   # the machine's ceilings only
+#   bench.sh smoke      # a few seconds of everything, to see that it works
+# Extra arguments go to oms-loadgen. The report: target/bench/latest.json.
+set -euo pipefail
+source "$(dirname "$0")/common.sh"
+cd "$ROOT"
+
+mode="${1:-full}"
+[[ $# -gt 0 ]] && shift
+
+log "building release binaries"
+cargo build --release --workspace --bins
+"$ROOT/build-support/scripts/broker.sh" start
+"$ROOT/build-support/scripts/postgres.sh" start
+
+if ip route show table local 2>/dev/null | grep -q "127.0.0.1.*quickack 1"; then
+  log "loopback quickack is on (no 40 ms Nagle stall)"
+else
+  log "loopback quickack is off: lone produce requests stall ~40 ms (see README, 'just quickack')"
+fi
+
+run_id="$(date +%s)"
+admin_url="${DATABASE_URL:-postgres://postgres@$PG_HOST:$PG_PORT/postgres}"
+export DATABASE_URL="${admin_url%/*}/bench_$run_id"
+export KAFKA_TOPIC_PREFIX="bench-$run_id-"
+export KAFKA_TOPIC_PARTITIONS="${KAFKA_TOPIC_PARTITIONS:-6}"
+export RUST_LOG="${RUST_LOG:-warn}"
+export GATEWAY_GRPC_ADDR=127.0.0.1:51051 ORDER_GRPC_ADDR=127.0.0.1:51052
+export PAYMENT_GRPC_ADDR=127.0.0.1:51053 NOTIFICATION_GRPC_ADDR=127.0.0.1:51054
+export ORDER_SERVICE_URL=http://127.0.0.1:51052
+logs="$ROOT/target/bench/logs-$run_id"
+mkdir -p "$logs"
+
+pids=()
+cleanup() {
+  trap - INT TERM EXIT
+  kill -TERM "${pids[@]}" 2>/dev/null || true
+  wait "${pids[@]}" 2>/dev/null || true
+  psql "$admin_url" -qc "DROP DATABASE IF EXISTS bench_$run_id WITH (FORCE)" >/dev/null 2>&1 || true
+}
+trap cleanup INT TERM EXIT
+
+for service in order-service payment-service notification-service gateway; do
+  "$ROOT/target/release/$service" >"$logs/$service.log" 2>&1 &
+  pids+=($!)
+done
+for addr in "$ORDER_GRPC_ADDR" "$PAYMENT_GRPC_ADDR" "$NOTIFICATION_GRPC_ADDR" "$GATEWAY_GRPC_ADDR"; do
+  for _ in $(seq 1 600); do
+    "$ROOT/target/release/oms-health-probe" "$addr" >/dev/null 2>&1 && break
+    sleep 0.1
+  done
+  "$ROOT/target/release/oms-health-probe" "$addr" >/dev/null || die "service at $addr did not serve; logs in $logs"
+done
+log "services serving (logs in $logs)"
+
+target=(--gateway "http://$GATEWAY_GRPC_ADDR" --database-url "$DATABASE_URL" --brokers "${KAFKA_BROKERS:-127.0.0.1:9092}")
+loadgen="$ROOT/target/release/oms-loadgen"
+case "$mode" in
+  full) "$loadgen" bench "${target[@]}" "$@" ;;
+  ceilings) "$loadgen" ceilings "${target[@]}" "$@" ;;
+  smoke) "$loadgen" bench "${target[@]}" --rate 200 --duration 2 --concurrency 16 \
+           --step-duration 1 --ceiling-duration 1 "$@" ;;
+  *) die "usage: bench.sh [full|ceilings|smoke] [oms-loadgen options]" ;;
+esac
