@@ -10,8 +10,11 @@ set -euo pipefail
 source "$(dirname "$0")/common.sh"
 cd "$ROOT"
 
-mode="${1:-full}"
-[[ $# -gt 0 ]] && shift
+mode=full
+if [[ $# -gt 0 && "$1" != -* ]]; then
+  mode="$1"
+  shift
+fi
 
 log "building release binaries"
 cargo build --release --workspace --bins

@@ -29,6 +29,8 @@ pub enum KafkaError {
     Broker(#[from] RsKafkaError),
     #[error("topic {0} does not exist")]
     UnknownTopic(String),
+    #[error("batched produce failed: {0}")]
+    Produce(String),
     #[error("broker did not answer within {0:?}")]
     Timeout(Duration),
 }

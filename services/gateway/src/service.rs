@@ -19,8 +19,9 @@ use oms_api::orders::v1::{
     CreateOrderRequest, GetOrderRequest, ListOrdersRequest, ListOrdersResponse, Order, OrderStatus,
     WatchOrderRequest,
 };
+use oms_common::batching::BatchingProducer;
 use oms_common::grpc::timeout_of;
-use oms_common::kafka::{KeyedRecord, Producer};
+use oms_common::kafka::KeyedRecord;
 use tonic_types::FieldViolation;
 
 use crate::error::GatewayError;
@@ -34,8 +35,9 @@ const SOURCE: &str = "/gateway";
 pub struct Gateway {
     /// Set once the broker has answered at start-up; until then every
     /// CreateOrder is UNAVAILABLE.
-    pub producer: Arc<OnceCell<Arc<Producer>>>,
-    pub order_created_topic: String,
+    /// Batches `order-created` records: concurrent calls share produce
+    /// requests, and each call still waits for its own acknowledgement.
+    pub producer: Arc<OnceCell<Arc<BatchingProducer>>>,
     pub orders: OrderQueryServiceClient<Channel>,
     /// The longest a CreateOrder waits for the broker's acknowledgement.
     pub publish_timeout: Duration,
@@ -100,7 +102,7 @@ impl Gateway {
             value: prost::Message::encode_to_vec(&event),
             headers: EventEnvelope::new::<OrderCreated>(SOURCE, &order_id).to_headers(),
         };
-        let send = producer.produce(&self.order_created_topic, vec![record]);
+        let send = producer.produce(record);
         match tokio::time::timeout(self.publish_timeout, send).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(err)) => Err(GatewayError::BrokerUnavailable(err.to_string())),

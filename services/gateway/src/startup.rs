@@ -12,6 +12,7 @@ use tonic::transport::Endpoint;
 
 use oms_api::orders::internal::v1::order_query_service_client::OrderQueryServiceClient;
 use oms_api::orders::v1::order_service_server::OrderServiceServer;
+use oms_common::batching::BatchingProducer;
 use oms_common::config::{ConfigError, KafkaConfig, listen_addr, var};
 use oms_common::grpc::{self, MAX_REQUEST_BYTES};
 use oms_common::health::Readiness;
@@ -31,6 +32,8 @@ pub struct GatewayConfig {
     pub kafka: KafkaConfig,
     pub shutdown_grace: Duration,
     pub publish_timeout: Duration,
+    /// How long the first record of a produce batch waits for others.
+    pub produce_linger: Duration,
 }
 
 impl GatewayConfig {
@@ -48,6 +51,11 @@ impl GatewayConfig {
                 "GATEWAY_PUBLISH_TIMEOUT_MS",
                 5_000,
                 10..=60_000,
+            )?),
+            produce_linger: Duration::from_micros(oms_common::config::parse_in_range(
+                "GATEWAY_PRODUCE_LINGER_US",
+                1_000,
+                0..=100_000,
             )?),
         })
     }
@@ -86,7 +94,6 @@ impl Application {
         let producer = Arc::new(OnceCell::new());
         let gateway = Gateway {
             producer: Arc::clone(&producer),
-            order_created_topic: topic.clone(),
             orders: OrderQueryServiceClient::new(orders),
             publish_timeout: config.publish_timeout,
             shutdown: shutdown.clone(),
@@ -107,13 +114,17 @@ impl Application {
                 config.kafka.partitions,
             )
             .await?;
-            let producer = Producer::new(client);
-            // Open the partition connections now rather than on the first order.
-            producer.partition_clients(&topic).await?;
+            // Opens the partition connections now rather than on the first order.
+            let producer = BatchingProducer::new(
+                Arc::new(Producer::new(client)),
+                &topic,
+                config.produce_linger,
+            )
+            .await?;
             anyhow::Ok(Arc::new(producer))
         };
         if let Some(connected) = retry_until_ok("the broker", &shutdown, connect).await {
-            let client = Arc::clone(connected.client());
+            let client = Arc::clone(connected.producer().client());
             let _ = producer.set(connected);
             let probe = || {
                 let client = Arc::clone(&client);

@@ -25,6 +25,7 @@ pub fn gateway_config(prefix: &str, order_service: Option<SocketAddr>) -> Gatewa
         kafka: kafka::test_config(prefix),
         shutdown_grace: Duration::from_secs(5),
         publish_timeout: Duration::from_secs(5),
+        produce_linger: Duration::from_millis(1),
     }
 }
 
