@@ -1,6 +1,8 @@
 //! What the notification service does with `order-created` and
 //! `payment-succeeded`: one notification row per (order, kind).
 
+use std::collections::HashSet;
+
 use diesel::prelude::*;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use uuid::Uuid;
@@ -89,21 +91,30 @@ impl EventHandler for NotificationEvents {
         conn: &mut AsyncPgConnection,
         notifications: Vec<NewNotification>,
     ) -> QueryResult<Vec<OutboxMessage>> {
-        for notification in notifications {
-            let inserted = diesel::insert_into(notifications::table)
-                .values(&notification)
+        // A thousand rows per statement, well inside PostgreSQL's 65,535
+        // bind parameters.
+        for chunk in notifications.chunks(1_000) {
+            let mut inserted: HashSet<(Uuid, String)> = diesel::insert_into(notifications::table)
+                .values(chunk)
                 .on_conflict((notifications::order_id, notifications::kind))
                 .do_nothing()
-                .execute(conn)
-                .await?;
-            if inserted == 1 {
-                tracing::info!(
-                    order_id = %notification.order_id,
-                    customer_id = %notification.customer_id,
-                    kind = notification.kind,
-                    message = %notification.message,
-                    "notification recorded"
-                );
+                .returning((notifications::order_id, notifications::kind))
+                .get_results(conn)
+                .await?
+                .into_iter()
+                .collect();
+            for notification in chunk {
+                // Removed once logged: a repeat within the batch, or of one
+                // recorded before, is not logged again.
+                if inserted.remove(&(notification.order_id, notification.kind.to_owned())) {
+                    tracing::info!(
+                        order_id = %notification.order_id,
+                        customer_id = %notification.customer_id,
+                        kind = notification.kind,
+                        message = %notification.message,
+                        "notification recorded"
+                    );
+                }
             }
         }
         // Notifications are the end of the line: nothing to publish.

@@ -59,39 +59,17 @@ impl EventHandler for OrderEvents {
         events: Vec<OrderEvent>,
     ) -> QueryResult<Vec<OutboxMessage>> {
         let mut outbox = Vec::new();
+        // New orders are recorded together, in one statement; a batch of
+        // one topic holds only those or only transitions.
+        let mut new_orders = Vec::new();
+        let mut paid = Vec::new();
         for event in events {
             match event {
-                OrderEvent::Created(order) => {
-                    if repository::insert_if_new(conn, &order).await? {
-                        tracing::info!(order_id = %order.order_id, "order recorded, payment requested");
-                        let request = ProcessPayment {
-                            order_id: order.order_id.to_string(),
-                            customer_id: order.customer_id.clone(),
-                            amount: Some(money::from_minor_units(
-                                &order.currency_code,
-                                order.amount_minor,
-                            )),
-                        };
-                        outbox.push(OutboxMessage::event(
-                            self.process_payment_topic.clone(),
-                            self.source,
-                            &request.order_id,
-                            &request,
-                        ));
-                    } else {
-                        tracing::debug!(order_id = %order.order_id, "duplicate order-created ignored");
-                    }
-                }
+                OrderEvent::Created(order) => new_orders.push(order),
                 OrderEvent::Paid {
                     order_id,
                     payment_id,
-                } => {
-                    if repository::mark_paid(conn, order_id, payment_id).await? {
-                        tracing::info!(%order_id, %payment_id, "order paid");
-                    } else {
-                        refused(conn, order_id, STATUS_PAID).await?;
-                    }
-                }
+                } => paid.push((order_id, payment_id)),
                 OrderEvent::PaymentFailed { order_id, reason } => {
                     if repository::mark_cancelled(conn, order_id, &reason).await? {
                         tracing::info!(%order_id, %reason, "order cancelled, payment declined");
@@ -101,7 +79,63 @@ impl EventHandler for OrderEvents {
                 }
             }
         }
+        self.record(conn, new_orders, &mut outbox).await?;
+        mark_paid(conn, paid).await?;
         Ok(outbox)
+    }
+}
+
+/// Marks the orders paid together, in one statement, and explains each
+/// payment that changed nothing.
+async fn mark_paid(conn: &mut AsyncPgConnection, paid: Vec<(Uuid, Uuid)>) -> QueryResult<()> {
+    if paid.is_empty() {
+        return Ok(());
+    }
+    let mut changed = repository::mark_all_paid(conn, &paid).await?;
+    for (order_id, payment_id) in paid {
+        // Removed once reported, so a repeat within the batch is refused.
+        if changed.remove(&order_id) {
+            tracing::info!(%order_id, %payment_id, "order paid");
+        } else {
+            refused(conn, order_id, STATUS_PAID).await?;
+        }
+    }
+    Ok(())
+}
+
+impl OrderEvents {
+    /// Inserts the orders not seen before and requests their payment.
+    async fn record(
+        &self,
+        conn: &mut AsyncPgConnection,
+        new_orders: Vec<NewOrder>,
+        outbox: &mut Vec<OutboxMessage>,
+    ) -> QueryResult<()> {
+        let mut inserted = repository::insert_new(conn, &new_orders).await?;
+        for order in new_orders {
+            // Removed once used, so a record repeated within the batch
+            // requests one payment.
+            if !inserted.remove(&order.order_id) {
+                tracing::debug!(order_id = %order.order_id, "duplicate order-created ignored");
+                continue;
+            }
+            tracing::info!(order_id = %order.order_id, "order recorded, payment requested");
+            let request = ProcessPayment {
+                order_id: order.order_id.to_string(),
+                customer_id: order.customer_id,
+                amount: Some(money::from_minor_units(
+                    &order.currency_code,
+                    order.amount_minor,
+                )),
+            };
+            outbox.push(OutboxMessage::event(
+                self.process_payment_topic.clone(),
+                self.source,
+                &request.order_id,
+                &request,
+            ));
+        }
+        Ok(())
     }
 }
 

@@ -1,5 +1,7 @@
 //! Reads and writes of the `orders` table.
 
+use std::collections::HashSet;
+
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
@@ -79,32 +81,57 @@ impl OrderRow {
     }
 }
 
-/// Inserts the order unless it exists; returns whether it was new.
-pub async fn insert_if_new(conn: &mut AsyncPgConnection, order: &NewOrder) -> QueryResult<bool> {
-    let inserted = diesel::insert_into(orders::table)
-        .values(order)
-        .on_conflict(orders::order_id)
-        .do_nothing()
-        .execute(conn)
-        .await?;
-    Ok(inserted == 1)
+/// Rows per multi-row INSERT: PostgreSQL allows 65,535 bind parameters
+/// per statement, and an order has nine.
+const INSERT_CHUNK: usize = 1_000;
+
+/// Inserts the orders that do not exist yet, a thousand rows per statement;
+/// returns the ids of those it inserted.
+pub async fn insert_new(
+    conn: &mut AsyncPgConnection,
+    new_orders: &[NewOrder],
+) -> QueryResult<HashSet<Uuid>> {
+    let mut inserted = HashSet::with_capacity(new_orders.len());
+    for chunk in new_orders.chunks(INSERT_CHUNK) {
+        let ids: Vec<Uuid> = diesel::insert_into(orders::table)
+            .values(chunk)
+            .on_conflict(orders::order_id)
+            .do_nothing()
+            .returning(orders::order_id)
+            .get_results(conn)
+            .await?;
+        inserted.extend(ids);
+    }
+    Ok(inserted)
 }
 
-/// Marks an order that awaits payment as paid; returns whether it changed.
-pub async fn mark_paid(
-    conn: &mut AsyncPgConnection,
+#[derive(QueryableByName)]
+struct Changed {
+    #[diesel(sql_type = diesel::sql_types::Uuid)]
     order_id: Uuid,
-    payment_id: Uuid,
-) -> QueryResult<bool> {
-    settle(
-        conn,
-        order_id,
-        (
-            orders::status.eq(STATUS_PAID),
-            orders::payment_id.eq(Some(payment_id)),
-        ),
+}
+
+/// Marks the orders of `(order_id, payment_id)` pairs that await payment
+/// as paid, bumping version and update time, in one statement; returns
+/// the ids it changed. Only AWAITING_PAYMENT may move, as in `settle`.
+pub async fn mark_all_paid(
+    conn: &mut AsyncPgConnection,
+    paid: &[(Uuid, Uuid)],
+) -> QueryResult<HashSet<Uuid>> {
+    use diesel::sql_types::{Array, Uuid as SqlUuid};
+    let (order_ids, payment_ids): (Vec<Uuid>, Vec<Uuid>) = paid.iter().copied().unzip();
+    let changed: Vec<Changed> = diesel::sql_query(
+        "UPDATE orders SET status = 'PAID', payment_id = paid.payment_id, \
+         version = orders.version + 1, update_time = now() \
+         FROM unnest($1::uuid[], $2::uuid[]) AS paid(order_id, payment_id) \
+         WHERE orders.order_id = paid.order_id AND orders.status = 'AWAITING_PAYMENT' \
+         RETURNING orders.order_id",
     )
-    .await
+    .bind::<Array<SqlUuid>, _>(&order_ids)
+    .bind::<Array<SqlUuid>, _>(&payment_ids)
+    .load(conn)
+    .await?;
+    Ok(changed.into_iter().map(|row| row.order_id).collect())
 }
 
 /// Cancels an order that awaits payment; returns whether it changed.

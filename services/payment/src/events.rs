@@ -52,36 +52,49 @@ impl<P: PaymentProvider> EventHandler for PaymentEvents<P> {
         conn: &mut AsyncPgConnection,
         requests: Vec<PaymentRequest>,
     ) -> QueryResult<Vec<OutboxMessage>> {
+        let new_payments: Vec<NewPayment> = requests
+            .into_iter()
+            .map(|request| self.decide(request))
+            .collect();
+        let mut inserted = repository::insert_new(conn, &new_payments).await?;
         let mut outbox = Vec::new();
-        for request in requests {
-            let charge = Charge {
-                customer_id: &request.customer_id,
-                amount_minor: request.amount_minor,
-                currency_code: &request.currency_code,
-            };
-            let decision = self.provider.decide(charge);
-            let payment = NewPayment {
-                payment_id: Uuid::now_v7(),
-                order_id: request.order_id,
-                customer_id: request.customer_id,
-                amount_minor: request.amount_minor,
-                currency_code: request.currency_code,
-                status: match decision {
-                    Decision::Approved => STATUS_COMPLETED,
-                    Decision::Declined { .. } => STATUS_DECLINED,
-                },
-                decline_reason: match &decision {
-                    Decision::Approved => None,
-                    Decision::Declined { reason } => Some(reason.clone()),
-                },
-            };
-            if !repository::insert_if_new(conn, &payment).await? {
+        for payment in new_payments {
+            // Of a request repeated within the batch, only the payment that
+            // was recorded is announced.
+            if !inserted.remove(&payment.payment_id) {
                 tracing::debug!(order_id = %payment.order_id, "duplicate process-payment ignored");
                 continue;
             }
             outbox.push(self.announce(payment));
         }
         Ok(outbox)
+    }
+}
+
+impl<P: PaymentProvider> PaymentEvents<P> {
+    /// Asks the provider and describes the payment to record.
+    fn decide(&self, request: PaymentRequest) -> NewPayment {
+        let charge = Charge {
+            customer_id: &request.customer_id,
+            amount_minor: request.amount_minor,
+            currency_code: &request.currency_code,
+        };
+        let decision = self.provider.decide(charge);
+        NewPayment {
+            payment_id: Uuid::now_v7(),
+            order_id: request.order_id,
+            customer_id: request.customer_id,
+            amount_minor: request.amount_minor,
+            currency_code: request.currency_code,
+            status: match decision {
+                Decision::Approved => STATUS_COMPLETED,
+                Decision::Declined { .. } => STATUS_DECLINED,
+            },
+            decline_reason: match &decision {
+                Decision::Approved => None,
+                Decision::Declined { reason } => Some(reason.clone()),
+            },
+        }
     }
 }
 

@@ -1,5 +1,7 @@
 //! Reads and writes of the `payments` table.
 
+use std::collections::HashSet;
+
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
@@ -48,17 +50,26 @@ pub async fn find_by_order(
         .optional()
 }
 
-/// Records the payment unless the order already has one; returns whether
-/// it was new.
-pub async fn insert_if_new(
+/// Rows per multi-row INSERT, well inside PostgreSQL's 65,535 bind
+/// parameters per statement.
+const INSERT_CHUNK: usize = 1_000;
+
+/// Records the payments of orders that have none yet, a thousand rows per
+/// statement; returns the ids of the payments it recorded.
+pub async fn insert_new(
     conn: &mut AsyncPgConnection,
-    payment: &NewPayment,
-) -> QueryResult<bool> {
-    let inserted = diesel::insert_into(payments::table)
-        .values(payment)
-        .on_conflict(payments::order_id)
-        .do_nothing()
-        .execute(conn)
-        .await?;
-    Ok(inserted == 1)
+    new_payments: &[NewPayment],
+) -> QueryResult<HashSet<Uuid>> {
+    let mut inserted = HashSet::with_capacity(new_payments.len());
+    for chunk in new_payments.chunks(INSERT_CHUNK) {
+        let ids: Vec<Uuid> = diesel::insert_into(payments::table)
+            .values(chunk)
+            .on_conflict(payments::order_id)
+            .do_nothing()
+            .returning(payments::payment_id)
+            .get_results(conn)
+            .await?;
+        inserted.extend(ids);
+    }
+    Ok(inserted)
 }
