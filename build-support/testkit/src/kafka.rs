@@ -28,6 +28,7 @@ pub fn test_config(prefix: &str) -> KafkaConfig {
         brokers: brokers(),
         topic_prefix: prefix.to_owned(),
         partitions: TEST_PARTITIONS,
+        fetch_max_wait_ms: 25,
     }
 }
 

@@ -82,6 +82,9 @@ pub struct KafkaConfig {
     pub brokers: Vec<String>,
     pub topic_prefix: String,
     pub partitions: i32,
+    /// How long the broker may hold a consumer's fetch open waiting for
+    /// data; tansu always waits this long, so it bounds each hop's latency.
+    pub fetch_max_wait_ms: i32,
 }
 
 impl KafkaConfig {
@@ -121,6 +124,7 @@ impl KafkaConfig {
             brokers,
             topic_prefix,
             partitions: parse_in_range("KAFKA_TOPIC_PARTITIONS", 6, 1..=1000)?,
+            fetch_max_wait_ms: parse_in_range("KAFKA_FETCH_MAX_WAIT_MS", 25, 1..=5_000)?,
         })
     }
 }

@@ -108,7 +108,10 @@ impl<H: EventHandler> EventService<H> {
             handler: Arc::new(self.handler),
             relay_wakeup: wakeup,
             stats: Arc::new(ConsumerStats::default()),
-            fetch: FetchSettings::default(),
+            fetch: FetchSettings {
+                max_wait_ms: config.kafka.fetch_max_wait_ms,
+                ..FetchSettings::default()
+            },
         }
         .spawn(&self.consumes, shutdown.clone())
         .await
