@@ -107,10 +107,11 @@ pub struct CeilingSettings {
     #[arg(long, default_value_t = 5.0)]
     pub ceiling_duration: f64,
     /// Records per produce request and events per database transaction in
-    /// the ceilings.
-    #[arg(long, default_value_t = 100)]
+    /// the ceilings (the consumers' batches reach hundreds under load).
+    #[arg(long, default_value_t = 400)]
     pub batch: usize,
-    /// Partitions of the ceiling's topic, and concurrent database writers.
-    #[arg(long, default_value_t = 6)]
+    /// Partitions of the ceiling's topic, and concurrent transactions per
+    /// stage (as many as the benchmark's topics have partitions).
+    #[arg(long, default_value_t = 2)]
     pub partitions: i32,
 }

@@ -200,29 +200,33 @@ async fn open_loop(
 ) {
     let in_flight = Arc::new(AtomicU64::new(0));
     let mut tasks = tokio::task::JoinSet::new();
-    for i in 0u64.. {
-        let intended = start + Duration::from_secs_f64(i as f64 / rate);
-        let finished = match stop {
-            Stop::After(duration) => intended - start >= duration,
-            Stop::Orders(orders) => i >= orders,
-        };
-        if finished {
-            break;
+    let intended = |i: u64| start + Duration::from_secs_f64(i as f64 / rate);
+    let finished = |i: u64| match stop {
+        Stop::After(duration) => intended(i) - start >= duration,
+        Stop::Orders(orders) => i >= orders,
+    };
+    let mut i = 0u64;
+    while !finished(i) {
+        tokio::time::sleep_until(intended(i)).await;
+        // Timers fire with millisecond granularity: send every request that
+        // is due by now, each measured from its own intended time.
+        let now = Instant::now();
+        while !finished(i) && intended(i) <= now {
+            progress.sent.fetch_add(1, Ordering::Relaxed);
+            if in_flight.load(Ordering::Relaxed) >= MAX_IN_FLIGHT {
+                let _ = tx.send(Outcome::Failed);
+            } else {
+                in_flight.fetch_add(1, Ordering::Relaxed);
+                let client = clients[i as usize % clients.len()].clone();
+                let (tx, in_flight) = (tx.clone(), Arc::clone(&in_flight));
+                let (request, sent_for) = (order_request(run, i), intended(i));
+                tasks.spawn(async move {
+                    let _ = tx.send(send(client, request, sent_for).await);
+                    in_flight.fetch_sub(1, Ordering::Relaxed);
+                });
+            }
+            i += 1;
         }
-        tokio::time::sleep_until(intended).await;
-        progress.sent.fetch_add(1, Ordering::Relaxed);
-        if in_flight.load(Ordering::Relaxed) >= MAX_IN_FLIGHT {
-            let _ = tx.send(Outcome::Failed);
-            continue;
-        }
-        in_flight.fetch_add(1, Ordering::Relaxed);
-        let client = clients[i as usize % clients.len()].clone();
-        let (tx, in_flight) = (tx.clone(), Arc::clone(&in_flight));
-        let request = order_request(run, i);
-        tasks.spawn(async move {
-            let _ = tx.send(send(client, request, intended).await);
-            in_flight.fetch_sub(1, Ordering::Relaxed);
-        });
         // Reap finished tasks so the set does not grow with the run.
         while tasks.try_join_next().is_some() {}
     }
