@@ -3,42 +3,63 @@
 //! produce request, and each call still returns only once the broker has
 //! acknowledged its own record.
 //!
-//! The first record of a batch waits `linger` for company; a batch that
-//! reaches `MAX_BATCH_BYTES` goes at once. While one batch is in flight the
-//! next one fills, so the broker sees few large requests instead of many
-//! small ones.
+//! A task per partition collects records: the first of a batch waits
+//! `linger` for company, and a batch that reaches `MAX_BATCH_BYTES` goes at
+//! once. Up to `MAX_IN_FLIGHT_PER_PARTITION` batches are in flight at a
+//! time, so the next one fills while the broker answers.
+//!
+//! Each batch gets at most `deadline` to be acknowledged. When that passes,
+//! its produce is abandoned and every caller hears of the failure, so a
+//! record reported as not published is not published later by a retry
+//! nobody waits for. (rskafka's own `BatchProducer` keeps flushing in a
+//! task of its own and its retries are not bounded in time, so it cannot
+//! promise that.)
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use rskafka::client::producer::aggregator::RecordAggregator;
-use rskafka::client::producer::{BatchProducer, BatchProducerBuilder};
+use rskafka::client::partition::{Compression, PartitionClient};
 use rskafka::record::Record;
+use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::time::Instant;
 
 use crate::kafka::{KafkaError, KeyedRecord, Producer, partition_for_key};
 
 /// The largest batch, in bytes; far above a request's 64 KiB limit.
 const MAX_BATCH_BYTES: usize = 1024 * 1024;
+/// Batches of one partition awaiting the broker's answer at once.
+const MAX_IN_FLIGHT_PER_PARTITION: usize = 4;
+/// Records waiting for a batch, per partition; callers wait beyond it.
+const QUEUE_PER_PARTITION: usize = 10_000;
+
+type Outcome = Result<(), String>;
+
+struct Pending {
+    record: Record,
+    done: oneshot::Sender<Outcome>,
+}
 
 pub struct BatchingProducer {
     producer: Arc<Producer>,
-    partitions: Vec<BatchProducer<RecordAggregator>>,
+    partitions: Vec<mpsc::Sender<Pending>>,
 }
 
 impl BatchingProducer {
-    /// A batcher per partition of `topic`, which must exist.
+    /// A batcher per partition of `topic`, which must exist. A batch not
+    /// acknowledged within `deadline` fails.
     pub async fn new(
         producer: Arc<Producer>,
         topic: &str,
         linger: Duration,
+        deadline: Duration,
     ) -> Result<Self, KafkaError> {
         let clients = producer.partition_clients(topic).await?;
         let partitions = clients
             .iter()
             .map(|client| {
-                BatchProducerBuilder::new(Arc::clone(client))
-                    .with_linger(linger)
-                    .build(RecordAggregator::new(MAX_BATCH_BYTES))
+                let (sender, receiver) = mpsc::channel(QUEUE_PER_PARTITION);
+                tokio::spawn(run_batcher(Arc::clone(client), receiver, linger, deadline));
+                sender
             })
             .collect();
         Ok(Self {
@@ -53,19 +74,82 @@ impl BatchingProducer {
     }
 
     /// Produces `record` to its key's partition and returns once the broker
-    /// acknowledged the batch that carried it.
+    /// acknowledged the batch that carried it, or with the batch's failure.
     pub async fn produce(&self, record: KeyedRecord) -> Result<(), KafkaError> {
         let partition = partition_for_key(&record.key, self.partitions.len()) as usize;
-        let record = Record {
-            key: Some(record.key),
-            value: Some(record.value),
-            headers: record.headers,
-            timestamp: chrono::Utc::now(),
+        let (done, outcome) = oneshot::channel();
+        let pending = Pending {
+            record: Record {
+                key: Some(record.key),
+                value: Some(record.value),
+                headers: record.headers,
+                timestamp: chrono::Utc::now(),
+            },
+            done,
         };
         self.partitions[partition]
-            .produce(record)
+            .send(pending)
             .await
-            .map_err(|err| KafkaError::Produce(err.to_string()))?;
-        Ok(())
+            .map_err(|_| KafkaError::Produce("the batcher has stopped".into()))?;
+        outcome
+            .await
+            .map_err(|_| KafkaError::Produce("the batcher dropped the record".into()))?
+            .map_err(KafkaError::Produce)
+    }
+}
+
+fn size_of(record: &Record) -> usize {
+    record.key.as_ref().map_or(0, Vec::len)
+        + record.value.as_ref().map_or(0, Vec::len)
+        + record
+            .headers
+            .iter()
+            .map(|(name, value)| name.len() + value.len())
+            .sum::<usize>()
+}
+
+/// Collects batches from `queue` until every sender is gone, and produces
+/// each in a task of its own.
+async fn run_batcher(
+    client: Arc<PartitionClient>,
+    mut queue: mpsc::Receiver<Pending>,
+    linger: Duration,
+    deadline: Duration,
+) {
+    let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT_PER_PARTITION));
+    while let Some(first) = queue.recv().await {
+        let mut bytes = size_of(&first.record);
+        let mut batch = vec![first];
+        let until = Instant::now() + linger;
+        while bytes < MAX_BATCH_BYTES {
+            match tokio::time::timeout_at(until, queue.recv()).await {
+                Ok(Some(pending)) => {
+                    bytes += size_of(&pending.record);
+                    batch.push(pending);
+                }
+                Ok(None) | Err(_) => break,
+            }
+        }
+        let Ok(permit) = Arc::clone(&in_flight).acquire_owned().await else {
+            return;
+        };
+        let client = Arc::clone(&client);
+        tokio::spawn(async move {
+            let (records, waiters): (Vec<Record>, Vec<oneshot::Sender<Outcome>>) = batch
+                .into_iter()
+                .map(|pending| (pending.record, pending.done))
+                .unzip();
+            // Timing out drops the produce, and with it rskafka's retries.
+            let produce = client.produce(records, Compression::NoCompression);
+            let outcome = match tokio::time::timeout(deadline, produce).await {
+                Ok(Ok(_offsets)) => Ok(()),
+                Ok(Err(err)) => Err(err.to_string()),
+                Err(_) => Err(format!("no acknowledgement within {deadline:?}")),
+            };
+            drop(permit);
+            for waiter in waiters {
+                let _ = waiter.send(outcome.clone());
+            }
+        });
     }
 }

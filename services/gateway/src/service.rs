@@ -32,6 +32,10 @@ use crate::watch::OrderStream;
 /// The CloudEvents source of the events the gateway publishes.
 const SOURCE: &str = "/gateway";
 
+/// How much longer than the broker client's own deadline a CreateOrder
+/// waits for the outcome of its produce.
+const PUBLISH_GRACE: Duration = Duration::from_secs(1);
+
 pub struct Gateway {
     /// Set once the broker has answered at start-up; until then every
     /// CreateOrder is UNAVAILABLE.
@@ -102,13 +106,19 @@ impl Gateway {
             value: prost::Message::encode_to_vec(&event),
             headers: EventEnvelope::new::<OrderCreated>(SOURCE, &order_id).to_headers(),
         };
+        // The batch carrying the record is produced by a task of its own,
+        // so abandoning this call would not stop it: the order could still
+        // be published after being answered UNAVAILABLE. The batcher gives
+        // up after `publish_timeout` and fails the whole batch, so the call
+        // waits for that outcome; the grace only guards against a batcher
+        // that never answers.
         let send = producer.produce(record);
-        match tokio::time::timeout(self.publish_timeout, send).await {
+        match tokio::time::timeout(self.publish_timeout + PUBLISH_GRACE, send).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(err)) => Err(GatewayError::BrokerUnavailable(err.to_string())),
             Err(_) => Err(GatewayError::BrokerUnavailable(format!(
                 "no acknowledgement within {:?}",
-                self.publish_timeout
+                self.publish_timeout + PUBLISH_GRACE
             ))),
         }
     }

@@ -114,11 +114,14 @@ impl Application {
                 config.kafka.partitions,
             )
             .await?;
-            // Opens the partition connections now rather than on the first order.
+            // Opens the partition connections now rather than on the first
+            // order. A batch not acknowledged within the publish timeout
+            // fails and is abandoned, so its callers' UNAVAILABLE stays true.
             let producer = BatchingProducer::new(
                 Arc::new(Producer::new(client)),
                 &topic,
                 config.produce_linger,
+                config.publish_timeout,
             )
             .await?;
             anyhow::Ok(Arc::new(producer))

@@ -20,10 +20,14 @@ async fn concurrent_records_wait_for_one_linger_and_are_all_acknowledged() {
     let client = kafka::client().await;
     let topic = format!("{}batching", unique_topic_prefix());
     kafka::create_topics(&client, std::slice::from_ref(&topic)).await;
-    let producer =
-        BatchingProducer::new(Arc::new(Producer::new(Arc::clone(&client))), &topic, LINGER)
-            .await
-            .expect("batching producer");
+    let producer = BatchingProducer::new(
+        Arc::new(Producer::new(Arc::clone(&client))),
+        &topic,
+        LINGER,
+        Duration::from_secs(5),
+    )
+    .await
+    .expect("batching producer");
     let producer = Arc::new(producer);
 
     let started = tokio::time::Instant::now();
@@ -45,15 +49,11 @@ async fn concurrent_records_wait_for_one_linger_and_are_all_acknowledged() {
         .into_iter()
         .map(|joined| joined.expect("task"))
         .collect();
-    // Every call waited for the batch's linger rather than going alone, and
-    // the calls shared batches: all of them took about one linger, not one
-    // each in turn.
-    assert!(waits.iter().all(|wait| *wait >= LINGER), "{waits:?}");
-    assert!(
-        started.elapsed() < LINGER * RECORDS as u32 / 4,
-        "{:?}",
-        started.elapsed()
-    );
+    // Every call waited for a linger rather than going alone (one that
+    // joined a batch late waits out the rest of it), and the calls shared
+    // batches: together they took about one linger, not one each.
+    assert!(waits.iter().all(|wait| *wait >= LINGER / 2), "{waits:?}");
+    assert!(started.elapsed() < LINGER * 3, "{:?}", started.elapsed());
 
     let mut found = 0;
     for partition in 0..kafka::TEST_PARTITIONS {
