@@ -51,15 +51,19 @@ pub fn find_services() -> BTreeMap<&'static str, u32> {
     found
 }
 
-/// Clock ticks per second, the unit of `/proc/<pid>/stat` times.
+/// Clock ticks per second, the unit of `/proc/<pid>/stat` times; asked of
+/// `getconf` once.
 fn clock_ticks() -> f64 {
-    std::process::Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|out| String::from_utf8(out.stdout).ok())
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(100.0)
+    static TICKS: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+    *TICKS.get_or_init(|| {
+        std::process::Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|out| String::from_utf8(out.stdout).ok())
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(100.0)
+    })
 }
 
 pub fn read(pid: u32) -> Option<Reading> {

@@ -119,13 +119,16 @@ impl OrderChanges {
     }
 
     /// Reads a watched order from the database and offers it to its
-    /// watchers, unless they already hold `version` or newer.
+    /// watchers, unless they already hold `version` or newer. Without a
+    /// version (a new watcher, a reconnected listener) it always reads.
     async fn refresh(&self, order_id: Uuid, version: Option<i32>) -> Result<(), DbError> {
         let Some(latest) = self.lock().get(&order_id).cloned() else {
             return Ok(());
         };
         let held = latest.borrow().as_ref().map(|snapshot| snapshot.version);
-        if held.is_some() && held >= version {
+        if let (Some(held), Some(version)) = (held, version)
+            && held >= version
+        {
             return Ok(());
         }
         let mut conn = self.pool.get().await?;
