@@ -62,8 +62,7 @@ async fn next_within(wait: Duration, stream: &mut Streaming<Order>) -> Option<Or
 /// watcher received it, on this machine's one clock.
 fn delivery_lag(order: &Order) -> Duration {
     let update_time = order.update_time.expect("update_time");
-    let changed = chrono::DateTime::from_timestamp(update_time.seconds, update_time.nanos as u32)
-        .expect("valid time");
+    let changed = oms_api::time::from_timestamp(&update_time).expect("valid time");
     (chrono::Utc::now() - changed).to_std().unwrap_or_default()
 }
 

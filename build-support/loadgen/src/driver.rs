@@ -52,6 +52,17 @@ pub struct Sent {
     pub elapsed: Duration,
 }
 
+impl Sent {
+    fn empty() -> Self {
+        Self {
+            accepted: Vec::new(),
+            errors: 0,
+            create_latency: latency_histogram(),
+            elapsed: Duration::ZERO,
+        }
+    }
+}
+
 /// Counters the progress line shows; `completed` is filled in by the caller.
 #[derive(Debug, Default)]
 pub struct Progress {
@@ -122,12 +133,7 @@ pub async fn drive(
     let collector = tokio::spawn({
         let progress = Arc::clone(&progress);
         async move {
-            let mut sent = Sent {
-                accepted: Vec::new(),
-                errors: 0,
-                create_latency: latency_histogram(),
-                elapsed: Duration::ZERO,
-            };
+            let mut sent = Sent::empty();
             while let Some(outcome) = rx.recv().await {
                 match outcome {
                     Outcome::Accepted { order_id, latency } => {
@@ -172,12 +178,7 @@ pub async fn drive(
         }
     }
     drop(tx);
-    let mut sent = collector.await.unwrap_or_else(|_| Sent {
-        accepted: Vec::new(),
-        errors: 0,
-        create_latency: latency_histogram(),
-        elapsed: Duration::ZERO,
-    });
+    let mut sent = collector.await.unwrap_or_else(|_| Sent::empty());
     sent.elapsed = start.elapsed();
     sent
 }

@@ -65,11 +65,7 @@ pub fn payment_succeeded(order_id: &str, payment_id: &str, customer_id: &str) ->
 }
 
 fn prost_types_now() -> prost_types::Timestamp {
-    let now = chrono::Utc::now();
-    prost_types::Timestamp {
-        seconds: now.timestamp(),
-        nanos: now.timestamp_subsec_nanos() as i32,
-    }
+    oms_api::time::to_timestamp(chrono::Utc::now())
 }
 
 /// How many records of `topic` the consumer has committed: the sum of its

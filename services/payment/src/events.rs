@@ -101,11 +101,7 @@ impl<P: PaymentProvider> PaymentEvents<P> {
 impl<P> PaymentEvents<P> {
     /// The event that tells the others how the payment went.
     fn announce(&self, payment: NewPayment) -> OutboxMessage {
-        let now = Utc::now();
-        let time = Some(prost_types::Timestamp {
-            seconds: now.timestamp(),
-            nanos: now.timestamp_subsec_nanos() as i32,
-        });
+        let time = Some(oms_api::time::to_timestamp(Utc::now()));
         let amount = Some(money::from_minor_units(
             &payment.currency_code,
             payment.amount_minor,
