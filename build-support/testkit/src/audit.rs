@@ -51,12 +51,16 @@ struct Id {
     id: String,
 }
 
+/// The count `sql` returns, or -1 (which no expected audit holds) when the
+/// query fails; the error goes to the test's output, shown if it fails.
 async fn count(conn: &mut AsyncPgConnection, sql: &'static str) -> i64 {
-    diesel::sql_query(sql)
-        .get_result::<Count>(conn)
-        .await
-        .map(|c| c.count)
-        .unwrap_or(-1)
+    match diesel::sql_query(sql).get_result::<Count>(conn).await {
+        Ok(row) => row.count,
+        Err(err) => {
+            eprintln!("audit query failed: {err}: {sql}");
+            -1
+        }
+    }
 }
 
 /// Counts what the services recorded in `db` for the `accepted` order ids.

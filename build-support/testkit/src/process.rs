@@ -1,7 +1,8 @@
 //! Service binaries run as real processes, killed when the guard drops.
 
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Mutex, MutexGuard};
 
 /// The directory holding the workspace's binaries: the test executable lives
 /// in `target/<profile>/deps`, the binaries one level up.
@@ -17,7 +18,8 @@ pub fn binary_dir() -> PathBuf {
 pub struct ServiceProcess {
     pub name: String,
     pub log: PathBuf,
-    child: Child,
+    // Behind a lock so a shared `&self` can still ask whether it exited.
+    child: Mutex<Child>,
 }
 
 impl ServiceProcess {
@@ -53,35 +55,45 @@ impl ServiceProcess {
         Self {
             name: name.to_owned(),
             log,
-            child,
+            child: Mutex::new(child),
         }
     }
 
+    fn child(&self) -> MutexGuard<'_, Child> {
+        self.child
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// How the process ended, or `None` while it runs.
+    pub fn exit_status(&self) -> Option<ExitStatus> {
+        self.child().try_wait().ok().flatten()
+    }
+
+    /// The last `lines` lines of the process's log, for a failure message.
+    pub fn log_tail(&self, lines: usize) -> String {
+        log_tail(&self.log, lines)
+    }
+
     /// Sends SIGTERM and waits for the exit status.
-    pub fn terminate(mut self) -> std::process::ExitStatus {
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(self.child.id().to_string())
-            .status();
-        self.child.wait().expect("wait for service")
+    pub fn terminate(self) -> ExitStatus {
+        self.signal("TERM");
+        self.child().wait().expect("wait for service")
     }
 
     /// Sends `signal` (a name such as `TERM`) without waiting.
     pub fn signal(&self, signal: &str) {
         let _ = Command::new("kill")
             .arg(format!("-{signal}"))
-            .arg(self.child.id().to_string())
+            .arg(self.child().id().to_string())
             .status();
     }
 
     /// Waits up to `timeout` for the process to exit.
-    pub fn wait_for_exit(
-        &mut self,
-        timeout: std::time::Duration,
-    ) -> Option<std::process::ExitStatus> {
+    pub fn wait_for_exit(&mut self, timeout: std::time::Duration) -> Option<ExitStatus> {
         let deadline = std::time::Instant::now() + timeout;
         loop {
-            if let Ok(Some(status)) = self.child.try_wait() {
+            if let Some(status) = self.exit_status() {
                 return Some(status);
             }
             if std::time::Instant::now() >= deadline {
@@ -93,14 +105,25 @@ impl ServiceProcess {
 
     /// Kills the process with SIGKILL, as a crash would, and reaps it.
     pub fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        let mut child = self.child();
+        let _ = child.kill();
+        let _ = child.wait();
     }
 }
 
 impl Drop for ServiceProcess {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.kill();
+    }
+}
+
+/// The last `lines` lines of the file at `path`, or why it could not be read.
+pub fn log_tail(path: &Path, lines: usize) -> String {
+    match std::fs::read_to_string(path) {
+        Ok(text) => {
+            let all: Vec<&str> = text.lines().collect();
+            all[all.len().saturating_sub(lines)..].join("\n")
+        }
+        Err(err) => format!("<cannot read {}: {err}>", path.display()),
     }
 }

@@ -8,9 +8,9 @@ use tonic::transport::Channel;
 
 use oms_api::orders::v1::order_service_client::OrderServiceClient;
 
+use crate::TestDatabase;
 use crate::grpc::{self, ServingStatus};
 use crate::process::ServiceProcess;
-use crate::{TestDatabase, eventually};
 
 pub const GATEWAY: &str = "gateway";
 pub const ORDER: &str = "order-service";
@@ -19,8 +19,20 @@ pub const NOTIFICATION: &str = "notification-service";
 
 /// A free port on loopback, for a process to bind after us.
 pub fn free_port() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-    listener.local_addr().expect("addr")
+    free_ports(1)[0]
+}
+
+/// `n` distinct free ports on loopback. Each listener is held until all are
+/// chosen: released one by one, the kernel may hand out the same port twice,
+/// and then one service cannot bind while another answers in its place.
+pub fn free_ports(n: usize) -> Vec<SocketAddr> {
+    let listeners: Vec<TcpListener> = (0..n)
+        .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind"))
+        .collect();
+    listeners
+        .iter()
+        .map(|listener| listener.local_addr().expect("addr"))
+        .collect()
 }
 
 pub struct System {
@@ -38,7 +50,7 @@ impl System {
         prefix: &str,
         extra: &[(&'static str, String)],
     ) -> Self {
-        let addrs: Vec<SocketAddr> = (0..4).map(|_| free_port()).collect();
+        let addrs = free_ports(4);
         let mut env = vec![
             ("KAFKA_BROKERS", brokers.to_owned()),
             ("KAFKA_TOPIC_PREFIX", prefix.to_owned()),
@@ -91,13 +103,29 @@ impl System {
             .expect("known service")
     }
 
+    /// Waits until the service reports SERVING under its own name, so another
+    /// process that took its port cannot stand in for it. Fails at once, with
+    /// the end of its log, if the process exits.
     pub async fn wait_until_serving(&self, name: &str, timeout: Duration) {
         let (process, addr) = self.entry(name);
-        let what = format!("{name} to serve (log: {})", process.log.display());
-        eventually(&what, timeout, || async {
-            grpc::health(*addr, "").await == Some(ServingStatus::Serving)
-        })
-        .await;
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if grpc::health(*addr, name).await == Some(ServingStatus::Serving) {
+                return;
+            }
+            if let Some(status) = process.exit_status() {
+                panic!(
+                    "{name} exited with {status} before serving on {addr}; its log ends:\n{}",
+                    process.log_tail(20)
+                );
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{name} did not serve on {addr} within {timeout:?}; its log ends:\n{}",
+                process.log_tail(20)
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// Kills the service with SIGKILL and starts it again on the same port.
