@@ -28,7 +28,9 @@ pub fn test_config(prefix: &str) -> KafkaConfig {
         brokers: brokers(),
         topic_prefix: prefix.to_owned(),
         partitions: TEST_PARTITIONS,
-        fetch_max_wait_ms: 25,
+        fetch_max_wait_ms: 0,
+        fetch_min_interval: std::time::Duration::from_millis(5),
+        fetch_max_idle_pause: std::time::Duration::from_millis(25),
     }
 }
 

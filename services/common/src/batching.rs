@@ -3,10 +3,12 @@
 //! produce request, and each call still returns only once the broker has
 //! acknowledged its own record.
 //!
-//! A task per partition collects records: the first of a batch waits
-//! `linger` for company, and a batch that reaches `MAX_BATCH_BYTES` goes at
-//! once. Up to `MAX_IN_FLIGHT_PER_PARTITION` batches are in flight at a
-//! time, so the next one fills while the broker answers.
+//! A task per partition collects records. Produce requests of a partition
+//! start at least `linger` apart: a record that comes sooner waits for
+//! company until then, while one after a quiet spell goes at once. A batch
+//! that reaches `MAX_BATCH_BYTES` goes at once. Up to `MAX_IN_FLIGHT_PER_PARTITION`
+//! batches are in flight at a time; while all are, the next batch takes in
+//! every record that arrives, so batches grow with the load.
 //!
 //! Each batch gets at most `deadline` to be acknowledged. When that passes,
 //! its produce is abandoned and every caller hears of the failure, so a
@@ -98,6 +100,29 @@ impl BatchingProducer {
     }
 }
 
+struct Batch {
+    records: Vec<Pending>,
+    bytes: usize,
+}
+
+impl Batch {
+    fn starting_with(first: Pending) -> Self {
+        Self {
+            bytes: size_of(&first.record),
+            records: vec![first],
+        }
+    }
+
+    fn push(&mut self, pending: Pending) {
+        self.bytes += size_of(&pending.record);
+        self.records.push(pending);
+    }
+
+    fn is_full(&self) -> bool {
+        self.bytes >= MAX_BATCH_BYTES
+    }
+}
+
 fn size_of(record: &Record) -> usize {
     record.key.as_ref().map_or(0, Vec::len)
         + record.value.as_ref().map_or(0, Vec::len)
@@ -117,22 +142,35 @@ async fn run_batcher(
     deadline: Duration,
 ) {
     let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT_PER_PARTITION));
+    let mut last_sent: Option<Instant> = None;
     while let Some(first) = queue.recv().await {
-        let mut bytes = size_of(&first.record);
-        let mut batch = vec![first];
-        let until = Instant::now() + linger;
-        while bytes < MAX_BATCH_BYTES {
-            match tokio::time::timeout_at(until, queue.recv()).await {
-                Ok(Some(pending)) => {
-                    bytes += size_of(&pending.record);
-                    batch.push(pending);
+        let mut batch = Batch::starting_with(first);
+        // Skipped, not just elapsed, when there is nothing to wait for: a
+        // timer rounds up to tokio's 1 ms tick, so even a past deadline
+        // costs a tick.
+        let until = last_sent.map(|sent| sent + linger);
+        if let Some(until) = until.filter(|until| Instant::now() < *until) {
+            while !batch.is_full() {
+                match tokio::time::timeout_at(until, queue.recv()).await {
+                    Ok(Some(pending)) => batch.push(pending),
+                    Ok(None) | Err(_) => break,
                 }
-                Ok(None) | Err(_) => break,
             }
         }
         let Ok(permit) = Arc::clone(&in_flight).acquire_owned().await else {
             return;
         };
+        // Records that came while every slot was busy join this batch rather
+        // than wait for the next one: under load batches grow by themselves,
+        // and a lone record never waits for company it will not get.
+        while !batch.is_full() {
+            match queue.try_recv() {
+                Ok(pending) => batch.push(pending),
+                Err(_) => break,
+            }
+        }
+        let batch = batch.records;
+        last_sent = Some(Instant::now());
         let client = Arc::clone(&client);
         tokio::spawn(async move {
             let (records, waiters): (Vec<Record>, Vec<oneshot::Sender<Outcome>>) = batch

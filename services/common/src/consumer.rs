@@ -19,6 +19,7 @@ use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use chrono::{SecondsFormat, Utc};
 use diesel::prelude::*;
@@ -29,6 +30,7 @@ use rskafka::client::error::{Error as RsKafkaError, ProtocolError};
 use rskafka::client::partition::{OffsetAt, PartitionClient, UnknownTopicHandling};
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use oms_api::{Event, EventEnvelope};
@@ -97,19 +99,46 @@ pub struct ConsumerStats {
 /// Tuning of the fetch requests.
 #[derive(Debug, Clone, Copy)]
 pub struct FetchSettings {
-    /// How long the broker may hold a fetch open waiting for data. tansu
-    /// always waits this long, so it bounds the latency of every hop.
+    /// How long the broker may hold a fetch open waiting for data. Apache
+    /// Kafka answers as soon as data arrives, so a long wait costs nothing
+    /// there; tansu always waits all of it, and polls while it waits.
     pub max_wait_ms: i32,
     /// Largest response, in bytes.
     pub max_bytes: i32,
+    /// The least time between the starts of two fetches of a partition.
+    /// Records that arrive meanwhile share one fetch and one transaction,
+    /// which spares the broker and the database under load, and it bounds
+    /// what each hop adds to a record's latency.
+    pub min_interval: Duration,
+    /// The longest pause between fetches of a partition that keeps coming
+    /// back empty. The pause starts at `FIRST_IDLE_PAUSE` (or `min_interval`
+    /// if longer) and doubles up to this; any record ends it.
+    pub max_idle_pause: Duration,
 }
+
+/// The first pause after an empty fetch: short, because under load a fetch
+/// comes back empty only between two records.
+const FIRST_IDLE_PAUSE: Duration = Duration::from_millis(2);
 
 impl Default for FetchSettings {
     fn default() -> Self {
         Self {
-            max_wait_ms: 25,
+            max_wait_ms: 0,
             max_bytes: 4 * 1024 * 1024,
+            min_interval: Duration::from_millis(5),
+            max_idle_pause: Duration::from_millis(25),
         }
+    }
+}
+
+impl FetchSettings {
+    /// The time from the start of the `empty_fetches`-th empty fetch in a
+    /// row to the start of the next fetch.
+    fn idle_pause(&self, empty_fetches: u32) -> Duration {
+        FIRST_IDLE_PAUSE
+            .saturating_mul(1 << empty_fetches.saturating_sub(1).min(16))
+            .min(self.max_idle_pause)
+            .max(self.min_interval)
     }
 }
 
@@ -160,6 +189,8 @@ impl<H: EventHandler> Consumer<H> {
         let partition = client.partition();
         let mut backoff = Backoff::transient();
         let mut next_offset = None;
+        let mut empty_fetches = 0;
+        let mut next_fetch_at = Instant::now();
         while !shutdown.is_cancelled() {
             let offset = match next_offset {
                 Some(offset) => offset,
@@ -172,6 +203,14 @@ impl<H: EventHandler> Consumer<H> {
                     }
                 },
             };
+            // Checked first: even an elapsed timer waits for tokio's next tick.
+            if Instant::now() < next_fetch_at {
+                tokio::select! {
+                    _ = tokio::time::sleep_until(next_fetch_at) => {}
+                    _ = shutdown.cancelled() => return,
+                }
+            }
+            let fetch_started = Instant::now();
             let fetched = tokio::select! {
                 fetched = client.fetch_records(offset, 1..self.fetch.max_bytes, self.fetch.max_wait_ms) => fetched,
                 _ = shutdown.cancelled() => return,
@@ -206,7 +245,13 @@ impl<H: EventHandler> Consumer<H> {
                 }
                 continue;
             };
-            let Some(last) = records.last() else { continue };
+            let Some(last) = records.last() else {
+                empty_fetches += 1;
+                next_fetch_at = fetch_started + self.fetch.idle_pause(empty_fetches);
+                continue;
+            };
+            empty_fetches = 0;
+            next_fetch_at = fetch_started + self.fetch.min_interval;
             let new_offset = last.offset + 1;
             let batch: Vec<InboundRecord> = records
                 .into_iter()
@@ -392,5 +437,44 @@ fn dead_letter(record: &InboundRecord, rejection: &Rejection) -> OutboxMessage {
         key: record.key.clone().unwrap_or_default(),
         payload: record.payload.clone(),
         headers,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(min_interval_ms: u64, max_idle_pause_ms: u64) -> FetchSettings {
+        FetchSettings {
+            min_interval: Duration::from_millis(min_interval_ms),
+            max_idle_pause: Duration::from_millis(max_idle_pause_ms),
+            ..FetchSettings::default()
+        }
+    }
+
+    fn pauses(settings: FetchSettings) -> Vec<u128> {
+        (1..=6)
+            .map(|empty| settings.idle_pause(empty).as_millis())
+            .collect()
+    }
+
+    #[test]
+    fn the_idle_pause_doubles_from_2_ms_up_to_its_ceiling() {
+        assert_eq!(pauses(settings(0, 25)), [2, 4, 8, 16, 25, 25]);
+        assert_eq!(
+            settings(0, 25).idle_pause(u32::MAX),
+            Duration::from_millis(25)
+        );
+    }
+
+    #[test]
+    fn the_idle_pause_is_never_below_the_fetch_interval() {
+        assert_eq!(pauses(settings(5, 25)), [5, 5, 8, 16, 25, 25]);
+        assert_eq!(pauses(settings(5, 0)), [5, 5, 5, 5, 5, 5]);
+    }
+
+    #[test]
+    fn with_no_interval_and_no_ceiling_fetches_never_pause() {
+        assert_eq!(pauses(settings(0, 0)), [0, 0, 0, 0, 0, 0]);
     }
 }

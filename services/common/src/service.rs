@@ -110,6 +110,8 @@ impl<H: EventHandler> EventService<H> {
             stats: Arc::new(ConsumerStats::default()),
             fetch: FetchSettings {
                 max_wait_ms: config.kafka.fetch_max_wait_ms,
+                min_interval: config.kafka.fetch_min_interval,
+                max_idle_pause: config.kafka.fetch_max_idle_pause,
                 ..FetchSettings::default()
             },
         }

@@ -32,7 +32,8 @@ pub struct GatewayConfig {
     pub kafka: KafkaConfig,
     pub shutdown_grace: Duration,
     pub publish_timeout: Duration,
-    /// How long the first record of a produce batch waits for others.
+    /// The least time between two produce requests of a partition; records
+    /// arriving sooner share the next request.
     pub produce_linger: Duration,
 }
 
@@ -54,7 +55,7 @@ impl GatewayConfig {
             )?),
             produce_linger: Duration::from_micros(oms_common::config::parse_in_range(
                 "GATEWAY_PRODUCE_LINGER_US",
-                1_000,
+                2_000,
                 0..=100_000,
             )?),
         })
