@@ -44,9 +44,11 @@ export KAFKA_TOPIC_PREFIX="bench-$run_id-"
 export KAFKA_TOPIC_PARTITIONS="${KAFKA_TOPIC_PARTITIONS:-1}"
 export KAFKA_FETCH_MAX_IDLE_PAUSE_MS="${KAFKA_FETCH_MAX_IDLE_PAUSE_MS:-5}"
 export RUST_LOG="${RUST_LOG:-warn}"
-export GATEWAY_GRPC_ADDR=127.0.0.1:51051 ORDER_GRPC_ADDR=127.0.0.1:51052
-export PAYMENT_GRPC_ADDR=127.0.0.1:51053 NOTIFICATION_GRPC_ADDR=127.0.0.1:51054
-export ORDER_SERVICE_URL=http://127.0.0.1:51052
+# Below Linux's ephemeral range (32768-60999), where an outgoing
+# connection can hold a port just when a service wants to listen on it.
+export GATEWAY_GRPC_ADDR=127.0.0.1:21051 ORDER_GRPC_ADDR=127.0.0.1:21052
+export PAYMENT_GRPC_ADDR=127.0.0.1:21053 NOTIFICATION_GRPC_ADDR=127.0.0.1:21054
+export ORDER_SERVICE_URL=http://127.0.0.1:21052
 logs="$ROOT/target/bench/logs-$run_id"
 mkdir -p "$logs"
 

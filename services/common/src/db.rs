@@ -116,8 +116,14 @@ async fn create_database_if_missing(url: &DatabaseUrl) -> Result<(), DbError> {
             tracing::info!(database = %name, "created missing database");
             Ok(())
         }
-        // Another service created it at the same moment.
-        Err(err) if err.to_string().contains("already exists") => Ok(()),
+        // Another service created it at the same moment: PostgreSQL says so,
+        // or, when the two collide inside the catalog, reports its index.
+        Err(err)
+            if err.to_string().contains("already exists")
+                || err.to_string().contains("pg_database_datname_index") =>
+        {
+            Ok(())
+        }
         Err(err) => Err(err.into()),
     }
 }
