@@ -6,9 +6,10 @@
 //! A task per partition collects records. Produce requests of a partition
 //! start at least `linger` apart: a record that comes sooner waits for
 //! company until then, while one after a quiet spell goes at once. A batch
-//! that reaches `MAX_BATCH_BYTES` goes at once. Up to `MAX_IN_FLIGHT_PER_PARTITION`
-//! batches are in flight at a time; while all are, the next batch takes in
-//! every record that arrives, so batches grow with the load.
+//! that reaches `MAX_BATCH_BYTES` goes at once. Up to
+//! `MAX_IN_FLIGHT_PER_PARTITION` batches are in flight at a time; while all
+//! are, the next batch takes in every record that arrives, so batches grow
+//! with the load.
 //!
 //! Each batch gets at most `deadline` to be acknowledged. When that passes,
 //! its produce is abandoned and every caller hears of the failure, so a

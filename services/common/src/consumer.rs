@@ -35,6 +35,7 @@ use tokio_util::sync::CancellationToken;
 
 use oms_api::{Event, EventEnvelope};
 
+use crate::config::KafkaConfig;
 use crate::db::{DbError, DbPool};
 use crate::outbox::{self, OutboxMessage};
 use crate::retry::Backoff;
@@ -103,8 +104,6 @@ pub struct FetchSettings {
     /// Kafka answers as soon as data arrives, so a long wait costs nothing
     /// there; tansu always waits all of it, and polls while it waits.
     pub max_wait_ms: i32,
-    /// Largest response, in bytes.
-    pub max_bytes: i32,
     /// The least time between the starts of two fetches of a partition.
     /// Records that arrive meanwhile share one fetch and one transaction,
     /// which spares the broker and the database under load, and it bounds
@@ -120,18 +119,18 @@ pub struct FetchSettings {
 /// comes back empty only between two records.
 const FIRST_IDLE_PAUSE: Duration = Duration::from_millis(2);
 
-impl Default for FetchSettings {
-    fn default() -> Self {
-        Self {
-            max_wait_ms: 0,
-            max_bytes: 4 * 1024 * 1024,
-            min_interval: Duration::from_millis(5),
-            max_idle_pause: Duration::from_millis(25),
-        }
-    }
-}
+/// The largest fetch response, in bytes.
+const FETCH_MAX_BYTES: i32 = 4 * 1024 * 1024;
 
 impl FetchSettings {
+    pub fn from_config(kafka: &KafkaConfig) -> Self {
+        Self {
+            max_wait_ms: kafka.fetch_max_wait_ms,
+            min_interval: kafka.fetch_min_interval,
+            max_idle_pause: kafka.fetch_max_idle_pause,
+        }
+    }
+
     /// The time from the start of the `empty_fetches`-th empty fetch in a
     /// row to the start of the next fetch.
     fn idle_pause(&self, empty_fetches: u32) -> Duration {
@@ -212,7 +211,7 @@ impl<H: EventHandler> Consumer<H> {
             }
             let fetch_started = Instant::now();
             let fetched = tokio::select! {
-                fetched = client.fetch_records(offset, 1..self.fetch.max_bytes, self.fetch.max_wait_ms) => fetched,
+                fetched = client.fetch_records(offset, 1..FETCH_MAX_BYTES, self.fetch.max_wait_ms) => fetched,
                 _ = shutdown.cancelled() => return,
             };
             let records = match fetched {
@@ -446,9 +445,9 @@ mod tests {
 
     fn settings(min_interval_ms: u64, max_idle_pause_ms: u64) -> FetchSettings {
         FetchSettings {
+            max_wait_ms: 0,
             min_interval: Duration::from_millis(min_interval_ms),
             max_idle_pause: Duration::from_millis(max_idle_pause_ms),
-            ..FetchSettings::default()
         }
     }
 

@@ -108,12 +108,7 @@ impl<H: EventHandler> EventService<H> {
             handler: Arc::new(self.handler),
             relay_wakeup: wakeup,
             stats: Arc::new(ConsumerStats::default()),
-            fetch: FetchSettings {
-                max_wait_ms: config.kafka.fetch_max_wait_ms,
-                min_interval: config.kafka.fetch_min_interval,
-                max_idle_pause: config.kafka.fetch_max_idle_pause,
-                ..FetchSettings::default()
-            },
+            fetch: FetchSettings::from_config(&config.kafka),
         }
         .spawn(&self.consumes, shutdown.clone())
         .await
