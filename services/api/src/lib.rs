@@ -1,9 +1,11 @@
 //! The system's contract: the generated gRPC API and event types from `proto/`,
-//! the CloudEvents envelope every Kafka record carries, and exact money helpers.
+//! the CloudEvents envelope every Kafka record carries, exact money helpers, and
+//! the validation rules every service applies to orders.
 
 pub mod envelope;
 pub mod money;
 pub mod time;
+pub mod validation;
 
 /// The encoded file descriptor set of every proto in `proto/`, served by
 /// each service's reflection endpoint.

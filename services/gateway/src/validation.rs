@@ -1,16 +1,12 @@
 //! Request validation: every bad field is reported, each with its own field
 //! violation, in one INVALID_ARGUMENT answer. Nothing invalid reaches Kafka.
+//! The rules themselves live in `oms_api::validation`, which the consumers
+//! apply to the events too.
 
 use oms_api::google::r#type::Money;
-use oms_api::money;
 use oms_api::orders::v1::{CreateOrderRequest, ListOrdersRequest};
+use oms_api::validation::{self, MAX_ID_CHARS, OrderFields, Violation};
 use tonic_types::FieldViolation;
-
-pub const MAX_ID_CHARS: usize = 128;
-pub const MAX_QUANTITY: i32 = 10_000;
-/// The largest amount accepted, in whole units. Far beyond any real order,
-/// and it keeps minor-unit arithmetic well inside `i64`.
-pub const MAX_AMOUNT_UNITS: i64 = 1_000_000_000_000;
 
 /// A request that passed validation.
 #[derive(Debug, Clone, PartialEq)]
@@ -25,25 +21,15 @@ pub struct ValidOrder {
 pub fn validate_create_order(
     request: CreateOrderRequest,
 ) -> Result<ValidOrder, Vec<FieldViolation>> {
-    let mut violations = Vec::new();
-    check_id(&mut violations, "customer_id", &request.customer_id, true);
-    check_id(&mut violations, "product_id", &request.product_id, true);
-    check_id(&mut violations, "request_id", &request.request_id, false);
-    if !(1..=MAX_QUANTITY).contains(&request.quantity) {
-        violations.push(FieldViolation::new(
-            "quantity",
-            format!(
-                "must be between 1 and {MAX_QUANTITY}, got {}",
-                request.quantity
-            ),
-        ));
-    }
-    match &request.amount {
-        None => violations.push(FieldViolation::new("amount", "is required")),
-        Some(amount) => check_amount(&mut violations, amount),
-    }
+    let violations = validation::order_violations(OrderFields {
+        customer_id: &request.customer_id,
+        product_id: &request.product_id,
+        quantity: request.quantity,
+        amount: request.amount.as_ref(),
+        request_id: &request.request_id,
+    });
     if !violations.is_empty() {
-        return Err(violations);
+        return Err(field_violations(violations));
     }
     Ok(ValidOrder {
         customer_id: request.customer_id,
@@ -58,12 +44,18 @@ pub fn validate_create_order(
 /// order service, which issued it.
 pub fn validate_list_orders(request: &ListOrdersRequest) -> Result<(), Vec<FieldViolation>> {
     let mut violations = Vec::new();
-    check_id(&mut violations, "customer_id", &request.customer_id, false);
+    validation::check_text(
+        &mut violations,
+        "customer_id",
+        &request.customer_id,
+        MAX_ID_CHARS,
+        false,
+    );
     if request.page_size < 0 {
-        violations.push(FieldViolation::new("page_size", "must not be negative"));
+        violations.push(Violation::new("page_size", "must not be negative"));
     }
     if request.page_token.len() > MAX_ID_CHARS {
-        violations.push(FieldViolation::new(
+        violations.push(Violation::new(
             "page_token",
             "is not a token this service issued",
         ));
@@ -71,66 +63,21 @@ pub fn validate_list_orders(request: &ListOrdersRequest) -> Result<(), Vec<Field
     if violations.is_empty() {
         Ok(())
     } else {
-        Err(violations)
+        Err(field_violations(violations))
     }
 }
 
-fn check_id(violations: &mut Vec<FieldViolation>, field: &str, value: &str, required: bool) {
-    if value.is_empty() {
-        if required {
-            violations.push(FieldViolation::new(field, "is required"));
-        }
-    } else if value.chars().count() > MAX_ID_CHARS {
-        violations.push(FieldViolation::new(
-            field,
-            format!("must be at most {MAX_ID_CHARS} characters"),
-        ));
-    } else if value.trim().is_empty() {
-        violations.push(FieldViolation::new(field, "must not be blank"));
-    } else if value.chars().any(char::is_control) {
-        violations.push(FieldViolation::new(
-            field,
-            "must not contain control characters",
-        ));
-    }
-}
-
-fn check_amount(violations: &mut Vec<FieldViolation>, amount: &Money) {
-    let code = &amount.currency_code;
-    if code.len() != 3 || !code.chars().all(|c| c.is_ascii_uppercase()) {
-        violations.push(FieldViolation::new(
-            "amount.currency_code",
-            "must be three upper-case letters (ISO 4217)",
-        ));
-    }
-    if amount.nanos.abs() > 999_999_999 {
-        violations.push(FieldViolation::new(
-            "amount.nanos",
-            "must be between -999,999,999 and 999,999,999",
-        ));
-    } else if (amount.units > 0 && amount.nanos < 0) || (amount.units < 0 && amount.nanos > 0) {
-        violations.push(FieldViolation::new(
-            "amount.nanos",
-            "must have the same sign as amount.units",
-        ));
-    } else if amount.units < 0 || (amount.units == 0 && amount.nanos <= 0) {
-        violations.push(FieldViolation::new("amount", "must be positive"));
-    } else if amount.units > MAX_AMOUNT_UNITS {
-        violations.push(FieldViolation::new(
-            "amount.units",
-            format!("must be at most {MAX_AMOUNT_UNITS}"),
-        ));
-    } else if money::to_minor_units(amount).is_none() {
-        violations.push(FieldViolation::new(
-            "amount.nanos",
-            "must be a whole number of cents (a multiple of 10,000,000)",
-        ));
-    }
+fn field_violations(violations: Vec<Violation>) -> Vec<FieldViolation> {
+    violations
+        .into_iter()
+        .map(|violation| FieldViolation::new(violation.field, violation.description))
+        .collect()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use oms_api::validation::MAX_AMOUNT_UNITS;
 
     fn valid_request() -> CreateOrderRequest {
         CreateOrderRequest {

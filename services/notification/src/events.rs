@@ -10,6 +10,7 @@ use uuid::Uuid;
 use oms_api::Event;
 use oms_api::money;
 use oms_api::orders::events::v1::{OrderCreated, PaymentFailed, PaymentSucceeded};
+use oms_api::validation::{self, OrderFields};
 use oms_common::consumer::{EventHandler, InboundRecord, Rejection};
 use oms_common::outbox::OutboxMessage;
 
@@ -38,6 +39,17 @@ impl EventHandler for NotificationEvents {
         match envelope.event_type.as_str() {
             OrderCreated::TYPE => {
                 let event: OrderCreated = record.decode()?;
+                // The order service's rules exactly: an order it dead-letters
+                // is never announced as received.
+                Rejection::unless_valid(&validation::order_violations(OrderFields {
+                    customer_id: &event.customer_id,
+                    product_id: &event.product_id,
+                    quantity: event.quantity,
+                    amount: event.amount.as_ref(),
+                    request_id: &event.request_id,
+                }))?;
+                validation::event_time(event.create_time.as_ref())
+                    .ok_or_else(|| Rejection("create_time is missing or out of range".into()))?;
                 Ok(NewNotification {
                     order_id: parse_order_id(&event.order_id)?,
                     message: format!(
@@ -72,6 +84,9 @@ impl EventHandler for NotificationEvents {
             }
             PaymentFailed::TYPE => {
                 let event: PaymentFailed = record.decode()?;
+                let mut violations = Vec::new();
+                validation::check_reason(&mut violations, "reason", &event.reason);
+                Rejection::unless_valid(&violations)?;
                 Ok(NewNotification {
                     order_id: parse_order_id(&event.order_id)?,
                     message: format!(
@@ -127,9 +142,14 @@ fn parse_order_id(value: &str) -> Result<Uuid, Rejection> {
 }
 
 fn required_customer(customer_id: String) -> Result<String, Rejection> {
-    if customer_id.is_empty() {
-        Err(Rejection("customer_id is missing".into()))
-    } else {
-        Ok(customer_id)
-    }
+    let mut violations = Vec::new();
+    validation::check_text(
+        &mut violations,
+        "customer_id",
+        &customer_id,
+        validation::MAX_ID_CHARS,
+        true,
+    );
+    Rejection::unless_valid(&violations)?;
+    Ok(customer_id)
 }

@@ -7,6 +7,7 @@ use uuid::Uuid;
 use oms_api::Event;
 use oms_api::money;
 use oms_api::orders::events::v1::{OrderCreated, PaymentFailed, PaymentSucceeded, ProcessPayment};
+use oms_api::validation::{self, OrderFields};
 use oms_common::consumer::{EventHandler, InboundRecord, Rejection};
 use oms_common::outbox::OutboxMessage;
 
@@ -41,9 +42,9 @@ impl EventHandler for OrderEvents {
             }
             PaymentFailed::TYPE => {
                 let event: PaymentFailed = record.decode()?;
-                if event.reason.is_empty() {
-                    return Err(Rejection("reason is missing".into()));
-                }
+                let mut violations = Vec::new();
+                validation::check_reason(&mut violations, "reason", &event.reason);
+                Rejection::unless_valid(&violations)?;
                 Ok(OrderEvent::PaymentFailed {
                     order_id: parse_uuid("order_id", &event.order_id)?,
                     reason: event.reason,
@@ -159,25 +160,21 @@ fn parse_uuid(field: &str, value: &str) -> Result<Uuid, Rejection> {
     Uuid::parse_str(value).map_err(|_| Rejection(format!("{field} {value:?} is not a UUID")))
 }
 
-/// The consumer's own check of the gateway's validation: a record that
-/// bypassed the gateway must not corrupt the table.
+/// The consumer's own check of the gateway's validation, with the same
+/// rules: a record that bypassed the gateway must not corrupt the table, nor
+/// carry what the database refuses and block its partition.
 fn validate_created(event: OrderCreated) -> Result<NewOrder, Rejection> {
     let order_id = parse_uuid("order_id", &event.order_id)?;
+    Rejection::unless_valid(&validation::order_violations(OrderFields {
+        customer_id: &event.customer_id,
+        product_id: &event.product_id,
+        quantity: event.quantity,
+        amount: event.amount.as_ref(),
+        request_id: &event.request_id,
+    }))?;
     let amount = money::parse_amount(event.amount).map_err(|err| Rejection(err.to_string()))?;
-    if event.customer_id.is_empty() || event.product_id.is_empty() {
-        return Err(Rejection("customer_id and product_id are required".into()));
-    }
-    if event.quantity < 1 {
-        return Err(Rejection(format!(
-            "quantity {} is not positive",
-            event.quantity
-        )));
-    }
-    let create_time = event
-        .create_time
-        .as_ref()
-        .and_then(oms_api::time::from_timestamp)
-        .ok_or_else(|| Rejection("create_time is missing or invalid".into()))?;
+    let create_time = validation::event_time(event.create_time.as_ref())
+        .ok_or_else(|| Rejection("create_time is missing or out of range".into()))?;
     Ok(NewOrder {
         order_id,
         customer_id: event.customer_id,
@@ -234,5 +231,24 @@ mod tests {
         let mut event = valid_event();
         event.quantity = 0;
         assert!(validate_created(event).is_err());
+    }
+
+    #[test]
+    fn order_created_the_database_would_refuse_is_rejected() {
+        let mut event = valid_event();
+        event.customer_id = "eve\0".into();
+        assert!(validate_created(event).is_err(), "NUL");
+        let mut event = valid_event();
+        event.product_id = "p".repeat(3_000);
+        assert!(validate_created(event).is_err(), "past the index-row limit");
+        let mut event = valid_event();
+        event.request_id = "r\0".into();
+        assert!(validate_created(event).is_err(), "NUL in request_id");
+        let mut event = valid_event();
+        event.create_time = Some(prost_types::Timestamp {
+            seconds: 300_000_000_000,
+            nanos: 0,
+        });
+        assert!(validate_created(event).is_err(), "year 11476");
     }
 }
