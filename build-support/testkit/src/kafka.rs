@@ -31,6 +31,9 @@ pub fn test_config(prefix: &str) -> KafkaConfig {
         fetch_max_wait_ms: 0,
         fetch_min_interval: std::time::Duration::from_millis(5),
         fetch_max_idle_pause: std::time::Duration::from_millis(25),
+        max_message_bytes: oms_common::config::DEFAULT_MAX_MESSAGE_BYTES,
+        stall_after: std::time::Duration::from_secs(60),
+        replication_factor: 1,
     }
 }
 
@@ -47,7 +50,7 @@ pub async fn client() -> Arc<Client> {
 
 /// Creates the topics (2 partitions) if missing.
 pub async fn create_topics(client: &Client, topics: &[String]) {
-    oms_common::kafka::ensure_topics(client, topics, TEST_PARTITIONS)
+    oms_common::kafka::ensure_topics(client, topics, TEST_PARTITIONS, 1)
         .await
         .expect("create topics");
 }

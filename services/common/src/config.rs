@@ -77,6 +77,9 @@ pub fn listen_addr(name: &str, default: &str) -> Result<SocketAddr, ConfigError>
         .map_err(|_| ConfigError::new(name, &value, "expected HOST:PORT with a numeric host"))
 }
 
+/// Kafka's default `message.max.bytes`.
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 1024 * 1024;
+
 /// Where the Kafka brokers are and how topics are named and sized.
 #[derive(Debug, Clone)]
 pub struct KafkaConfig {
@@ -95,6 +98,17 @@ pub struct KafkaConfig {
     /// keeps coming back empty (it starts at 2 ms and doubles). Bounds the
     /// extra latency of the first record after a quiet spell.
     pub fetch_max_idle_pause: Duration,
+    /// The largest record batch the broker accepts, in bytes (Kafka's
+    /// `message.max.bytes`, 1 MiB by default). Produce requests are split
+    /// to stay under it, and a single record that cannot fit is refused
+    /// before it is sent.
+    pub max_message_bytes: usize,
+    /// How long a partition may have records waiting without a commit
+    /// before the service reports NOT_SERVING (`STALL_SECONDS`).
+    pub stall_after: Duration,
+    /// Replicas of each topic the services create
+    /// (`KAFKA_REPLICATION_FACTOR`; production: 3).
+    pub replication_factor: i16,
 }
 
 impl KafkaConfig {
@@ -145,6 +159,13 @@ impl KafkaConfig {
                 25,
                 0..=10_000,
             )?),
+            max_message_bytes: parse_in_range(
+                "KAFKA_MAX_MESSAGE_BYTES",
+                DEFAULT_MAX_MESSAGE_BYTES,
+                16 * 1024..=100 * 1024 * 1024,
+            )?,
+            stall_after: Duration::from_secs(parse_in_range("STALL_SECONDS", 60, 1..=86_400)?),
+            replication_factor: parse_in_range("KAFKA_REPLICATION_FACTOR", 1, 1..=32)?,
         })
     }
 }

@@ -53,11 +53,14 @@ pub async fn connect(config: &KafkaConfig, client_id: &str) -> Result<Arc<Client
     Ok(Arc::new(client))
 }
 
-/// Creates each topic that does not exist yet, with `partitions` partitions.
+/// Creates each topic that does not exist yet, with `partitions` partitions
+/// of `replication_factor` replicas. (rskafka cannot pass topic configs, so
+/// `min.insync.replicas` comes from the broker's default: see the README.)
 pub async fn ensure_topics(
     client: &Client,
     topics: &[String],
     partitions: i32,
+    replication_factor: i16,
 ) -> Result<(), KafkaError> {
     let existing: Vec<String> = client
         .list_topics()
@@ -68,7 +71,7 @@ pub async fn ensure_topics(
     let controller = client.controller_client()?;
     for topic in topics.iter().filter(|topic| !existing.contains(topic)) {
         match controller
-            .create_topic(topic.clone(), partitions, 1, 5_000)
+            .create_topic(topic.clone(), partitions, replication_factor, 5_000)
             .await
         {
             Ok(()) => tracing::info!(topic = %topic, partitions, "created topic"),
@@ -124,6 +127,28 @@ pub fn murmur2(data: &[u8]) -> u32 {
 /// chooses it.
 pub fn partition_for_key(key: &[u8], partitions: usize) -> i32 {
     ((murmur2(key) & 0x7fff_ffff) as usize % partitions.max(1)) as i32
+}
+
+/// The fixed part of a v2 record batch (base offset to record count).
+pub const RECORD_BATCH_OVERHEAD: usize = 61;
+
+/// An upper bound of `record`'s size inside a v2 record batch: its key,
+/// value and headers plus the largest varints that frame them. Summed over
+/// a batch's records and added to `RECORD_BATCH_OVERHEAD`, it bounds the
+/// batch the broker checks against `message.max.bytes`.
+pub fn encoded_size(record: &Record) -> usize {
+    const VARINT: usize = 5;
+    const VARLONG: usize = 10;
+    let key = record.key.as_ref().map_or(0, Vec::len);
+    let value = record.value.as_ref().map_or(0, Vec::len);
+    let headers: usize = record
+        .headers
+        .iter()
+        .map(|(name, value)| VARINT + name.len() + VARINT + value.len())
+        .sum();
+    // length, attributes, timestamp delta, offset delta, key length, key,
+    // value length, value, header count, headers
+    VARINT + 1 + VARLONG + VARINT + VARINT + key + VARINT + value + VARINT + headers
 }
 
 /// A record to produce, with the key that routes it.
@@ -234,6 +259,20 @@ mod tests {
                 "murmur2({input:?})"
             );
         }
+    }
+
+    #[test]
+    fn encoded_size_counts_every_byte_plus_bounded_framing() {
+        let record = Record {
+            key: Some(vec![b'k'; 36]),
+            value: Some(vec![7; 300]),
+            headers: [("ce_id".to_owned(), vec![b'x'; 36])].into(),
+            timestamp: chrono::Utc::now(),
+        };
+        let size = encoded_size(&record);
+        // key + value + header bytes, plus at most 50 bytes of framing.
+        assert!(size >= 36 + 300 + 5 + 36, "{size}");
+        assert!(size <= 36 + 300 + 5 + 36 + 50, "{size}");
     }
 
     #[test]

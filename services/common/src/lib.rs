@@ -17,5 +17,6 @@ pub mod retry;
 pub mod schema;
 pub mod service;
 pub mod shutdown;
+pub mod supervisor;
 pub mod telemetry;
 pub mod topics;

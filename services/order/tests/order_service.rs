@@ -1,98 +1,22 @@
 //! The order service against a real broker and database.
 
-use std::sync::Arc;
-use std::time::Duration;
-
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
-use rskafka::client::Client;
 use tonic::Code;
 use uuid::Uuid;
 
 use oms_api::orders::events::v1::{PaymentFailed, ProcessPayment};
-use oms_api::orders::internal::v1::GetOrderRequest;
-use oms_api::orders::internal::v1::order_query_service_client::OrderQueryServiceClient;
-use oms_api::orders::v1::{Order, OrderStatus};
+use oms_api::orders::v1::OrderStatus;
 use oms_api::{Event, EventEnvelope};
 use oms_common::topics::{
-    ORDER_CREATED, PAYMENT_FAILED, PAYMENT_SUCCEEDED, PROCESS_PAYMENT, TopicNames,
-    dead_letter_topic,
+    ORDER_CREATED, PAYMENT_FAILED, PAYMENT_SUCCEEDED, PROCESS_PAYMENT, dead_letter_topic,
 };
-use oms_testkit::events::{self, RawRecord, committed_records, forget_offsets, record};
-use oms_testkit::service::{RunningService, service_config};
-use oms_testkit::{TestDatabase, eventually, kafka, unique_topic_prefix};
-use order_service::{Application, SCHEMA};
+use oms_testkit::events::{self, RawRecord, forget_offsets, record};
+use oms_testkit::{eventually, kafka};
+use order_service::SCHEMA;
 
-const WAIT: Duration = Duration::from_secs(20);
-
-struct TestApp {
-    service: RunningService,
-    db: TestDatabase,
-    kafka: Arc<Client>,
-    topics: TopicNames,
-    prefix: String,
-}
-
-async fn spawn_app() -> TestApp {
-    let db = TestDatabase::create().await;
-    let prefix = unique_topic_prefix();
-    let service = start_service(&db, &prefix).await;
-    TestApp {
-        service,
-        db,
-        kafka: kafka::client().await,
-        topics: TopicNames::new(prefix.clone()),
-        prefix,
-    }
-}
-
-async fn start_service(db: &TestDatabase, prefix: &str) -> RunningService {
-    let app = Application::build(service_config(db, prefix))
-        .await
-        .expect("build");
-    let addr = app.local_addr();
-    RunningService::start(addr, |shutdown| app.run_until(shutdown)).await
-}
-
-impl TestApp {
-    async fn publish(&self, topic: &str, record: &RawRecord) {
-        kafka::publish(&self.kafka, &self.topics.name(topic), record).await;
-    }
-
-    async fn get_order(&self, order_id: &str) -> Result<Order, tonic::Status> {
-        let channel = oms_testkit::grpc::channel(self.service.addr).await;
-        let response = OrderQueryServiceClient::new(channel)
-            .get_order(GetOrderRequest {
-                order_id: order_id.to_owned(),
-            })
-            .await?;
-        Ok(response.into_inner().order.expect("order"))
-    }
-
-    async fn wait_for_status(&self, order_id: &str, status: OrderStatus) -> Order {
-        eventually(
-            &format!("order {order_id} to be {status:?}"),
-            WAIT,
-            || async {
-                matches!(self.get_order(order_id).await, Ok(order) if order.status == status as i32)
-            },
-        )
-        .await;
-        self.get_order(order_id).await.expect("order")
-    }
-
-    async fn wait_until_committed(&self, topic: &str, records: i64) {
-        let topic = self.topics.name(topic);
-        eventually(
-            &format!("{records} records of {topic} committed"),
-            WAIT,
-            || async {
-                committed_records(&mut self.db.connect(SCHEMA).await, &topic).await == records
-            },
-        )
-        .await;
-    }
-}
+mod support;
+use support::{TestApp, WAIT, spawn_app, start_service};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn order_created_is_recorded_and_payment_is_requested() {
@@ -364,9 +288,11 @@ async fn a_declined_payment_cancels_the_order_and_late_events_do_not_move_it() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_stored_position_past_the_end_of_a_reset_log_resumes_from_its_start() {
+async fn a_stored_position_past_the_end_of_a_recreated_log_resumes_from_its_start() {
     // The state a restarted in-memory broker leaves: our offsets say 5, the
-    // log is empty again, and its first new record has offset 0.
+    // log is empty again, and its first new record has offset 0. That record
+    // is newer than the last one read at offset 4: the evidence that this is
+    // a new log, not one that is behind.
     let TestApp {
         service,
         db,
@@ -382,6 +308,9 @@ async fn a_stored_position_past_the_end_of_a_reset_log_resumes_from_its_start() 
                 oms_common::schema::consumer_offsets::topic.eq(topics.name(ORDER_CREATED)),
                 oms_common::schema::consumer_offsets::partition_id.eq(partition),
                 oms_common::schema::consumer_offsets::next_offset.eq(5_i64),
+                oms_common::schema::consumer_offsets::last_ce_id.eq("read-before"),
+                oms_common::schema::consumer_offsets::last_record_time
+                    .eq(chrono::Utc::now() - chrono::Duration::hours(1)),
             ))
             .execute(&mut conn)
             .await

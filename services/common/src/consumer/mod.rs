@@ -9,11 +9,24 @@
 //! batch. Records delivered twice are harmless because handlers write with
 //! unique keys and `ON CONFLICT DO NOTHING`.
 //!
-//! A record that can never be processed (it does not decode, has an unknown
-//! `ce_type` or an invalid payload) is poison: it goes to `<topic>.dlq`, via
-//! the outbox and in the same transaction, with headers saying why and where
-//! it came from, and the partition moves on. Failures of the database or the
-//! broker are transient and retried with backoff, in order, skipping nothing.
+//! A record that can never be processed is poison: it goes to `<topic>.dlq`,
+//! via the outbox and in the same transaction, with headers saying why and
+//! where it came from, and the partition moves on. Poison is a record that
+//! does not decode, has an unknown `ce_type` or an invalid payload (the
+//! shared validation, which also refuses what the database cannot store);
+//! one the database refuses with a data error (`commit`); and one the
+//! client cannot read at all, which is skipped after a bounded number of
+//! tries (`unreadable`). Failures of the connection, the database server or
+//! the broker are transient and retried with backoff, in order, skipping
+//! nothing.
+
+mod commit;
+mod dead_letter;
+mod log_changes;
+mod offsets;
+mod partitions;
+mod progress;
+mod unreadable;
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -21,26 +34,28 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use chrono::{SecondsFormat, Utc};
-use diesel::prelude::*;
-use diesel::upsert::excluded;
-use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use diesel::QueryResult;
+use diesel_async::AsyncPgConnection;
 use rskafka::client::Client;
 use rskafka::client::error::{Error as RsKafkaError, ProtocolError};
-use rskafka::client::partition::{OffsetAt, PartitionClient, UnknownTopicHandling};
+use rskafka::client::partition::{OffsetAt, PartitionClient};
 use tokio::sync::Notify;
-use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use oms_api::{Event, EventEnvelope};
 
+pub use commit::{BatchOutcome, DbFailure, commit_records};
+pub use progress::{ConsumerProgress, PartitionProgress};
+pub use unreadable::MAX_UNREADABLE_FETCHES;
+
 use crate::config::KafkaConfig;
 use crate::db::{DbError, DbPool};
-use crate::outbox::{self, OutboxMessage};
+use crate::outbox::OutboxMessage;
 use crate::retry::Backoff;
-use crate::schema::consumer_offsets;
-use crate::topics::dead_letter_topic;
+use log_changes::PastEnd;
+use offsets::{StoredPosition, load_position};
+use unreadable::{UnreadableFetches, is_unreadable};
 
 /// One record as the broker delivered it.
 #[derive(Debug, Clone)]
@@ -51,12 +66,27 @@ pub struct InboundRecord {
     pub key: Option<Vec<u8>>,
     pub payload: Vec<u8>,
     pub headers: BTreeMap<String, Vec<u8>>,
+    /// The record's timestamp (the producer's clock, or the broker's for
+    /// log-append-time topics).
+    pub timestamp: chrono::DateTime<chrono::Utc>,
 }
 
 /// Why a record is poison and goes to the dead-letter topic.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
 pub struct Rejection(pub String);
+
+impl Rejection {
+    /// Fails with every violation in one reason, or passes when there are
+    /// none.
+    pub fn unless_valid(violations: &[oms_api::validation::Violation]) -> Result<(), Rejection> {
+        if violations.is_empty() {
+            Ok(())
+        } else {
+            Err(Rejection(oms_api::validation::describe(violations)))
+        }
+    }
+}
 
 impl InboundRecord {
     /// Reads the CloudEvents envelope.
@@ -88,6 +118,11 @@ pub trait EventHandler: Send + Sync + 'static {
         conn: &'a mut AsyncPgConnection,
         events: Vec<Self::Event>,
     ) -> impl Future<Output = QueryResult<Vec<OutboxMessage>>> + Send + 'a;
+
+    /// Called after a batch's transaction committed, outside it: the place
+    /// to wake work that must see the batch's rows (and must not run inside
+    /// the transaction, such as a call to an outside service).
+    fn committed(&self) {}
 }
 
 /// Counters shared by a service's consumers.
@@ -95,6 +130,12 @@ pub trait EventHandler: Send + Sync + 'static {
 pub struct ConsumerStats {
     pub processed: AtomicU64,
     pub dead_lettered: AtomicU64,
+    /// Times a partition was read again from the start of a recreated log.
+    pub rewinds: AtomicU64,
+    /// Records retention deleted before they were read.
+    pub lost_to_retention: AtomicU64,
+    /// Whether each partition moves; see `ConsumerProgress::check`.
+    pub progress: ConsumerProgress,
 }
 
 /// Tuning of the fetch requests.
@@ -118,6 +159,11 @@ pub struct FetchSettings {
 /// The first pause after an empty fetch: short, because under load a fetch
 /// comes back empty only between two records.
 const FIRST_IDLE_PAUSE: Duration = Duration::from_millis(2);
+
+/// How long a consumer whose position is past the log's end waits before it
+/// looks again, and how often it says so in the log.
+const BEHIND_PAUSE: Duration = Duration::from_secs(1);
+const BEHIND_REPORT_INTERVAL: Duration = Duration::from_secs(30);
 
 /// The largest fetch response, in bytes.
 const FETCH_MAX_BYTES: i32 = 4 * 1024 * 1024;
@@ -153,55 +199,28 @@ pub struct Consumer<H> {
 }
 
 impl<H: EventHandler> Consumer<H> {
-    /// Starts one task per partition of each topic; they stop at `shutdown`
-    /// after committing the batch in hand.
-    pub async fn spawn(
-        self,
-        topics: &[String],
-        shutdown: CancellationToken,
-    ) -> Result<JoinSet<()>, RsKafkaError> {
-        let this = Arc::new(self);
-        let listed = this.client.list_topics().await?;
-        let mut tasks = JoinSet::new();
-        for topic in topics {
-            let partitions = listed
-                .iter()
-                .find(|t| &t.name == topic)
-                .map(|t| t.partitions.clone())
-                .unwrap_or_default();
-            for partition in partitions {
-                let partition_client = this
-                    .client
-                    .partition_client(topic.clone(), partition, UnknownTopicHandling::Retry)
-                    .await?;
-                let this = Arc::clone(&this);
-                let shutdown = shutdown.clone();
-                tasks
-                    .spawn(async move { this.consume_partition(partition_client, shutdown).await });
-            }
-        }
-        Ok(tasks)
-    }
-
     async fn consume_partition(&self, client: PartitionClient, shutdown: CancellationToken) {
         let topic = client.topic().to_owned();
         let partition = client.partition();
         let mut backoff = Backoff::transient();
-        let mut next_offset = None;
+        let mut position: Option<StoredPosition> = None;
         let mut empty_fetches = 0;
         let mut next_fetch_at = Instant::now();
+        let mut unreadable = UnreadableFetches::new(&topic, partition);
+        let mut behind_reported: Option<Instant> = None;
+        let progress = self.stats.progress.partition(&topic, partition);
         while !shutdown.is_cancelled() {
-            let offset = match next_offset {
-                Some(offset) => offset,
-                None => match load_offset(&self.pool, &topic, partition).await {
-                    Ok(offset) => *next_offset.insert(offset),
+            let Some(current) = &position else {
+                match self.resume_position(&client).await {
+                    Ok(resumed) => position = Some(resumed),
                     Err(err) => {
                         tracing::warn!(%topic, partition, error = %err, "cannot load consumer offset");
                         pause(&mut backoff, &shutdown).await;
-                        continue;
                     }
-                },
+                }
+                continue;
             };
+            let offset = current.next_offset;
             // Checked first: even an elapsed timer waits for tokio's next tick.
             if Instant::now() < next_fetch_at {
                 tokio::select! {
@@ -210,39 +229,96 @@ impl<H: EventHandler> Consumer<H> {
                 }
             }
             let fetch_started = Instant::now();
+            // After a fetch the client could not read, ask for as little as
+            // the broker allows (Kafka still sends the first batch whole), to
+            // tell whether the record at `offset` is the unreadable one.
+            let narrowed = unreadable.failures_at(offset) > 0;
+            let max_bytes = if narrowed { 2 } else { FETCH_MAX_BYTES };
             let fetched = tokio::select! {
-                fetched = client.fetch_records(offset, 1..FETCH_MAX_BYTES, self.fetch.max_wait_ms) => fetched,
+                fetched = client.fetch_records(offset, 1..max_bytes, self.fetch.max_wait_ms) => fetched,
                 _ = shutdown.cancelled() => return,
             };
+            if let Ok((_, high_watermark)) = &fetched {
+                progress.fetched(offset, *high_watermark);
+            }
             let records = match fetched {
-                // Our position is past the end of the log: the log was reset
-                // (a broker without durable storage restarted, or the topic
-                // was recreated) and the records now in it are new to us.
-                Ok((_, high_watermark)) if offset > high_watermark => None,
-                Ok((records, _)) => Some(records),
-                // The log no longer holds our position (retention).
+                Ok((_, high_watermark)) if offset > high_watermark => {
+                    match self.judge_past_end(&client, current, high_watermark).await {
+                        Ok(PastEnd::Recreated { earliest, evidence }) => {
+                            self.rewound(&topic, partition, offset, earliest, &evidence);
+                            position = Some(StoredPosition::at(earliest));
+                        }
+                        Ok(PastEnd::Behind) => {
+                            if behind_reported
+                                .is_none_or(|at| at.elapsed() >= BEHIND_REPORT_INTERVAL)
+                            {
+                                behind_reported = Some(Instant::now());
+                                tracing::error!(
+                                    %topic, partition, offset, high_watermark,
+                                    "the stored position is past the end of the log; waiting for the log to catch up \
+                                     (if the topic was recreated on purpose, delete the partition's row in consumer_offsets)"
+                                );
+                            }
+                            next_fetch_at = fetch_started + BEHIND_PAUSE;
+                        }
+                        Err(err) => {
+                            tracing::warn!(%topic, partition, error = %err, "cannot inspect the log");
+                            pause(&mut backoff, &shutdown).await;
+                        }
+                    }
+                    continue;
+                }
+                // A broker that sends nothing for so small a maximum tells us
+                // nothing new: it counts as one more failure at `offset`.
+                Ok((records, high_watermark))
+                    if narrowed && records.is_empty() && high_watermark > offset =>
+                {
+                    let error = unreadable.error.clone();
+                    if self
+                        .unreadable_at(&mut unreadable, offset, error, &shutdown)
+                        .await
+                    {
+                        position = Some(StoredPosition::at(offset + 1));
+                    }
+                    continue;
+                }
+                Ok((records, _)) => records,
+                // The log no longer holds our position: retention deleted
+                // records we had not read.
                 Err(RsKafkaError::ServerError {
                     protocol_error: ProtocolError::OffsetOutOfRange,
                     ..
-                }) => None,
+                }) => {
+                    match client.get_offset(OffsetAt::Earliest).await {
+                        Ok(earliest) if earliest > offset => {
+                            self.lost_to_retention(&topic, partition, offset, earliest);
+                            position = Some(StoredPosition::at(earliest));
+                        }
+                        // Not below the log's start: past its end, which
+                        // the next fetch judges.
+                        Ok(_) => next_fetch_at = fetch_started + BEHIND_PAUSE,
+                        Err(err) => {
+                            tracing::warn!(%topic, partition, error = %err, "cannot read earliest offset");
+                            pause(&mut backoff, &shutdown).await;
+                        }
+                    }
+                    continue;
+                }
+                Err(err) if is_unreadable(&err) => {
+                    if self
+                        .unreadable_at(&mut unreadable, offset, err.to_string(), &shutdown)
+                        .await
+                    {
+                        position = Some(StoredPosition::at(offset + 1));
+                    }
+                    continue;
+                }
                 Err(err) => {
                     tracing::warn!(%topic, partition, error = %err, "fetch failed");
+                    progress.failed(format!("fetch failed: {err}"));
                     pause(&mut backoff, &shutdown).await;
                     continue;
                 }
-            };
-            let Some(records) = records else {
-                match client.get_offset(OffsetAt::Earliest).await {
-                    Ok(earliest) => {
-                        tracing::warn!(%topic, partition, offset, earliest, "position not in the log, resuming from its earliest record");
-                        next_offset = Some(earliest);
-                    }
-                    Err(err) => {
-                        tracing::warn!(%topic, partition, error = %err, "cannot read earliest offset");
-                        pause(&mut backoff, &shutdown).await;
-                    }
-                }
-                continue;
             };
             let Some(last) = records.last() else {
                 empty_fetches += 1;
@@ -261,6 +337,7 @@ impl<H: EventHandler> Consumer<H> {
                     key: r.record.key,
                     payload: r.record.value.unwrap_or_default(),
                     headers: r.record.headers,
+                    timestamp: r.record.timestamp,
                 })
                 .collect();
             // A transient failure retries the same batch until it commits;
@@ -273,6 +350,7 @@ impl<H: EventHandler> Consumer<H> {
                     Ok(()) => break,
                     Err(err) => {
                         tracing::warn!(%topic, partition, offset, error = %err, "batch failed, retrying");
+                        progress.failed(format!("batch failed: {err}"));
                         if pause(&mut backoff, &shutdown).await {
                             return;
                         }
@@ -280,7 +358,24 @@ impl<H: EventHandler> Consumer<H> {
                 }
             }
             backoff.reset();
-            next_offset = Some(new_offset);
+            progress.committed(new_offset);
+            position = batch.last().map(StoredPosition::after);
+        }
+    }
+
+    /// The stored position, unless the log was recreated below it.
+    async fn resume_position(&self, client: &PartitionClient) -> Result<StoredPosition, String> {
+        let (topic, partition) = (client.topic(), client.partition());
+        let stored = load_position(&self.pool, topic, partition)
+            .await
+            .map_err(|err| err.to_string())?;
+        match self.recreated_below(client, &stored).await {
+            Ok(None) => Ok(stored),
+            Ok(Some((earliest, evidence))) => {
+                self.rewound(topic, partition, stored.next_offset, earliest, &evidence);
+                Ok(StoredPosition::at(earliest))
+            }
+            Err(err) => Err(err.to_string()),
         }
     }
 
@@ -303,6 +398,7 @@ impl<H: EventHandler> Consumer<H> {
         if outcome.wrote_outbox {
             self.relay_wakeup.notify_one();
         }
+        self.handler.committed();
         self.stats
             .processed
             .fetch_add(outcome.applied, Ordering::Relaxed);
@@ -320,122 +416,11 @@ impl<H: EventHandler> Consumer<H> {
     }
 }
 
-/// What one committed batch did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct BatchOutcome {
-    pub applied: u64,
-    pub dead_letters: u64,
-    pub wrote_outbox: bool,
-}
-
-/// Decodes `batch`, applies its events with `handler`, writes the outbox
-/// rows they cause plus a dead letter per poison record, and stores
-/// `new_offset` for the partition, all in one transaction. (The consumer
-/// loop's unit of work; the benchmark's PostgreSQL ceiling runs it too.)
-pub async fn commit_records<H: EventHandler>(
-    pool: &DbPool,
-    handler: &H,
-    topic: &str,
-    partition: i32,
-    batch: &[InboundRecord],
-    new_offset: i64,
-) -> Result<BatchOutcome, DbError> {
-    let mut outbox_messages = Vec::new();
-    let mut events = Vec::with_capacity(batch.len());
-    for record in batch {
-        match handler.decode(record) {
-            Ok(event) => events.push(event),
-            Err(rejection) => {
-                tracing::error!(
-                    topic = %record.topic, partition, offset = record.offset, reason = %rejection,
-                    "poison record sent to the dead-letter topic"
-                );
-                outbox_messages.push(dead_letter(record, &rejection));
-            }
-        }
-    }
-    let dead_letters = outbox_messages.len() as u64;
-    let applied = events.len() as u64;
-    let mut conn = pool.get().await?;
-    let wrote_outbox = conn
-        .transaction::<_, diesel::result::Error, _>(async |conn| {
-            outbox_messages.extend(handler.apply(conn, events).await?);
-            outbox::enqueue(conn, &outbox_messages).await?;
-            store_offset(conn, topic, partition, new_offset).await?;
-            Ok(!outbox_messages.is_empty())
-        })
-        .await?;
-    Ok(BatchOutcome {
-        applied,
-        dead_letters,
-        wrote_outbox,
-    })
-}
-
 /// Waits out the next backoff delay; returns early, with `true`, on shutdown.
 async fn pause(backoff: &mut Backoff, shutdown: &CancellationToken) -> bool {
     tokio::select! {
         _ = tokio::time::sleep(backoff.next_delay()) => false,
         _ = shutdown.cancelled() => true,
-    }
-}
-
-async fn load_offset(pool: &DbPool, topic: &str, partition: i32) -> Result<i64, DbError> {
-    let mut conn = pool.get().await?;
-    let stored = consumer_offsets::table
-        .filter(consumer_offsets::topic.eq(topic))
-        .filter(consumer_offsets::partition_id.eq(partition))
-        .select(consumer_offsets::next_offset)
-        .first::<i64>(&mut conn)
-        .await
-        .optional()?;
-    Ok(stored.unwrap_or(0))
-}
-
-async fn store_offset(
-    conn: &mut AsyncPgConnection,
-    topic: &str,
-    partition: i32,
-    next_offset: i64,
-) -> QueryResult<()> {
-    diesel::insert_into(consumer_offsets::table)
-        .values((
-            consumer_offsets::topic.eq(topic),
-            consumer_offsets::partition_id.eq(partition),
-            consumer_offsets::next_offset.eq(next_offset),
-        ))
-        .on_conflict((consumer_offsets::topic, consumer_offsets::partition_id))
-        .do_update()
-        .set((
-            consumer_offsets::next_offset.eq(excluded(consumer_offsets::next_offset)),
-            consumer_offsets::updated_at.eq(diesel::dsl::now),
-        ))
-        .execute(conn)
-        .await?;
-    Ok(())
-}
-
-/// The copy of a poison record for its dead-letter topic: the original key,
-/// payload and headers, plus why and where from.
-fn dead_letter(record: &InboundRecord, rejection: &Rejection) -> OutboxMessage {
-    let mut headers = record.headers.clone();
-    for (name, value) in [
-        ("dlq_reason", rejection.0.clone()),
-        ("dlq_source_topic", record.topic.clone()),
-        ("dlq_source_partition", record.partition.to_string()),
-        ("dlq_source_offset", record.offset.to_string()),
-        (
-            "dlq_time",
-            Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true),
-        ),
-    ] {
-        headers.insert(name.to_owned(), value.into_bytes());
-    }
-    OutboxMessage {
-        topic: dead_letter_topic(&record.topic),
-        key: record.key.clone().unwrap_or_default(),
-        payload: record.payload.clone(),
-        headers,
     }
 }
 

@@ -1,0 +1,255 @@
+//! One batch's unit of work: apply its records, write the outbox rows they
+//! cause and the partition's next offset, in one transaction; and when the
+//! database refuses the batch for a record's data, find that record.
+
+use diesel::QueryResult;
+use diesel_async::{AsyncConnection, AsyncPgConnection};
+
+use super::dead_letter::dead_letter;
+use super::offsets::{StoredPosition, store_position};
+use super::{EventHandler, InboundRecord, Rejection};
+use crate::db::{DbError, DbPool};
+use crate::outbox::{self, OutboxMessage};
+
+/// What one committed batch did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchOutcome {
+    pub applied: u64,
+    pub dead_letters: u64,
+    pub wrote_outbox: bool,
+}
+
+/// Decodes `batch`, applies its events with `handler`, writes the outbox
+/// rows they cause plus a dead letter per poison record, and stores
+/// `new_offset` for the partition, all in one transaction. (The consumer
+/// loop's unit of work; the benchmark's PostgreSQL ceiling runs it too.)
+///
+/// When the database refuses the batch with what may be a data error (see
+/// `DbFailure`), the batch is applied again record by record, each in a
+/// savepoint, and the records the database refuses on their own are dead
+/// lettered with its message, so one bad record never blocks its partition.
+pub async fn commit_records<H: EventHandler>(
+    pool: &DbPool,
+    handler: &H,
+    topic: &str,
+    partition: i32,
+    batch: &[InboundRecord],
+    new_offset: i64,
+) -> Result<BatchOutcome, DbError> {
+    let mut conn = pool.get().await?;
+    let together = apply_together(&mut conn, handler, topic, partition, batch, new_offset).await;
+    match together {
+        Err(err) if DbFailure::of(&err) != DbFailure::Transient => {
+            tracing::warn!(
+                %topic, partition, offset = batch.first().map(|r| r.offset), error = %err,
+                "the database refused a batch, applying its records one by one"
+            );
+            let outcome =
+                apply_one_by_one(&mut conn, handler, topic, partition, batch, new_offset).await?;
+            Ok(outcome)
+        }
+        other => Ok(other?),
+    }
+}
+
+/// The whole batch in one transaction, its events in one `apply`.
+async fn apply_together<H: EventHandler>(
+    conn: &mut AsyncPgConnection,
+    handler: &H,
+    topic: &str,
+    partition: i32,
+    batch: &[InboundRecord],
+    new_offset: i64,
+) -> QueryResult<BatchOutcome> {
+    let mut outbox_messages = Vec::new();
+    let mut events = Vec::with_capacity(batch.len());
+    for record in batch {
+        match decode(handler, record) {
+            Ok(event) => events.push(event),
+            Err(rejection) => outbox_messages.push(dead_letter(record, &rejection)),
+        }
+    }
+    let dead_letters = outbox_messages.len() as u64;
+    let applied = events.len() as u64;
+    let wrote_outbox = conn
+        .transaction::<_, diesel::result::Error, _>(async |conn| {
+            outbox_messages.extend(handler.apply(conn, events).await?);
+            outbox::enqueue(conn, &outbox_messages).await?;
+            store_position(conn, topic, partition, &position_after(batch, new_offset)).await?;
+            Ok(!outbox_messages.is_empty())
+        })
+        .await?;
+    Ok(BatchOutcome {
+        applied,
+        dead_letters,
+        wrote_outbox,
+    })
+}
+
+/// The batch in one transaction, each record's events applied in a
+/// savepoint of its own. A record the database refuses is dead-lettered; a
+/// transient failure rolls everything back, to be retried whole.
+async fn apply_one_by_one<H: EventHandler>(
+    conn: &mut AsyncPgConnection,
+    handler: &H,
+    topic: &str,
+    partition: i32,
+    batch: &[InboundRecord],
+    new_offset: i64,
+) -> QueryResult<BatchOutcome> {
+    conn.transaction::<_, diesel::result::Error, _>(async |conn| {
+        let mut outcome = BatchOutcome {
+            applied: 0,
+            dead_letters: 0,
+            wrote_outbox: false,
+        };
+        let mut outbox_messages = Vec::new();
+        for record in batch {
+            match apply_alone(conn, handler, record).await? {
+                Ok(messages) => {
+                    outbox_messages.extend(messages);
+                    outcome.applied += 1;
+                }
+                Err(rejection) => {
+                    outbox_messages.push(dead_letter(record, &rejection));
+                    outcome.dead_letters += 1;
+                }
+            }
+        }
+        outbox::enqueue(conn, &outbox_messages).await?;
+        // The offset is written last: if the server itself is failing (a
+        // full disk refuses every write), this fails too and the whole batch
+        // is retried instead of being dead-lettered.
+        store_position(conn, topic, partition, &position_after(batch, new_offset)).await?;
+        outcome.wrote_outbox = !outbox_messages.is_empty();
+        Ok(outcome)
+    })
+    .await
+}
+
+/// Applies one record in a savepoint. `Ok(Err(_))` is a permanent refusal:
+/// the record is poison, or the database refuses it with a data error, or
+/// with an error of no known class that happens again on a second try (a
+/// deadlock or a lock timeout does not repeat for a record applied alone).
+async fn apply_alone<H: EventHandler>(
+    conn: &mut AsyncPgConnection,
+    handler: &H,
+    record: &InboundRecord,
+) -> QueryResult<Result<Vec<OutboxMessage>, Rejection>> {
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let event = match decode(handler, record) {
+            Ok(event) => event,
+            Err(rejection) => return Ok(Err(rejection)),
+        };
+        let applied = conn
+            .transaction::<_, diesel::result::Error, _>(async |conn| {
+                handler.apply(conn, vec![event]).await
+            })
+            .await;
+        let err = match applied {
+            Ok(messages) => return Ok(Ok(messages)),
+            Err(err) => err,
+        };
+        match DbFailure::of(&err) {
+            DbFailure::Transient => return Err(err),
+            DbFailure::Unclassified if attempt == 1 => continue,
+            DbFailure::Data | DbFailure::Unclassified => {
+                let rejection = Rejection(format!("the database refused the record: {err}"));
+                tracing::error!(
+                    topic = %record.topic, partition = record.partition, offset = record.offset,
+                    reason = %rejection, "record refused by the database sent to the dead-letter topic"
+                );
+                return Ok(Err(rejection));
+            }
+        }
+    }
+}
+
+/// The position to store after `batch`: `new_offset`, with what the batch's
+/// last record says when it is the record just before it.
+fn position_after(batch: &[InboundRecord], new_offset: i64) -> StoredPosition {
+    batch
+        .last()
+        .map(StoredPosition::after)
+        .filter(|position| position.next_offset == new_offset)
+        .unwrap_or_else(|| StoredPosition::at(new_offset))
+}
+
+/// Decodes a record, logging a poison one.
+fn decode<H: EventHandler>(handler: &H, record: &InboundRecord) -> Result<H::Event, Rejection> {
+    handler.decode(record).inspect_err(|rejection| {
+        tracing::error!(
+            topic = %record.topic, partition = record.partition, offset = record.offset,
+            reason = %rejection, "poison record sent to the dead-letter topic"
+        );
+    })
+}
+
+/// What a database error says about retrying.
+///
+/// PostgreSQL's SQLSTATE classes 22 (data exception), 23 (integrity
+/// violation) and 54 (program limit, such as an index row too large) are
+/// permanent for the record that caused them. diesel-async names class 23
+/// through `DatabaseErrorKind` but reports every other SQLSTATE as
+/// `Unknown` without the code, so those are `Unclassified`: a record whose
+/// apply fails that way twice in a row, alone, is treated as a data error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DbFailure {
+    /// The connection or the server failed: retry the same work later.
+    Transient,
+    /// The data broke a rule of the database: retrying cannot help.
+    Data,
+    /// The database refused the statement for a reason we cannot name.
+    Unclassified,
+}
+
+impl DbFailure {
+    pub fn of(err: &diesel::result::Error) -> Self {
+        use diesel::result::DatabaseErrorKind as Kind;
+        use diesel::result::Error;
+        match err {
+            Error::DatabaseError(kind, _) => match kind {
+                Kind::UniqueViolation
+                | Kind::ForeignKeyViolation
+                | Kind::RestrictViolation
+                | Kind::NotNullViolation
+                | Kind::CheckViolation
+                | Kind::ExclusionViolation => Self::Data,
+                Kind::UnableToSendCommand
+                | Kind::ClosedConnection
+                | Kind::SerializationFailure
+                | Kind::ReadOnlyTransaction => Self::Transient,
+                _ => Self::Unclassified,
+            },
+            // A value diesel cannot encode is as permanent as one the
+            // server refuses.
+            Error::SerializationError(_) | Error::QueryBuilderError(_) => Self::Data,
+            _ => Self::Transient,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn data_errors_are_permanent_and_connection_errors_transient() {
+        use diesel::result::{DatabaseErrorKind as Kind, Error};
+        let db = |kind| Error::DatabaseError(kind, Box::new(String::from("refused")));
+        assert_eq!(DbFailure::of(&db(Kind::UniqueViolation)), DbFailure::Data);
+        assert_eq!(DbFailure::of(&db(Kind::CheckViolation)), DbFailure::Data);
+        assert_eq!(
+            DbFailure::of(&db(Kind::ClosedConnection)),
+            DbFailure::Transient
+        );
+        assert_eq!(
+            DbFailure::of(&db(Kind::SerializationFailure)),
+            DbFailure::Transient
+        );
+        assert_eq!(DbFailure::of(&db(Kind::Unknown)), DbFailure::Unclassified);
+        assert_eq!(DbFailure::of(&Error::NotFound), DbFailure::Transient);
+    }
+}

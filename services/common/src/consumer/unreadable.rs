@@ -1,0 +1,126 @@
+//! Records the client cannot read: rskafka fails a whole fetch when one
+//! record in the answer does not parse (a header name that is not UTF-8, for
+//! example), and asking again gets the same bytes. After a bounded number
+//! of such failures at one offset, exactly that offset is skipped, with a
+//! dead letter that names it, so the partition never stalls for good.
+
+use std::sync::atomic::Ordering;
+
+use diesel_async::AsyncConnection;
+use rskafka::client::error::Error as RsKafkaError;
+use tokio_util::sync::CancellationToken;
+
+use super::dead_letter::skipped_record;
+use super::offsets::{StoredPosition, store_position};
+use super::{Consumer, EventHandler, pause};
+use crate::db::DbError;
+use crate::outbox;
+use crate::retry::Backoff;
+
+/// How many fetches at one offset may fail because the client cannot read
+/// the answer before that offset is skipped.
+pub const MAX_UNREADABLE_FETCHES: u32 = 5;
+
+/// Consecutive fetches at one offset of a partition whose answer the
+/// client could not read, and the last error.
+#[derive(Debug)]
+pub(super) struct UnreadableFetches {
+    topic: String,
+    partition: i32,
+    offset: i64,
+    failures: u32,
+    pub(super) error: String,
+}
+
+impl UnreadableFetches {
+    pub(super) fn new(topic: &str, partition: i32) -> Self {
+        Self {
+            topic: topic.to_owned(),
+            partition,
+            offset: -1,
+            failures: 0,
+            error: String::new(),
+        }
+    }
+
+    pub(super) fn failures_at(&self, offset: i64) -> u32 {
+        if self.offset == offset {
+            self.failures
+        } else {
+            0
+        }
+    }
+
+    /// Counts one more failure at `offset` and returns the count.
+    fn record(&mut self, offset: i64, error: String) -> u32 {
+        self.failures = self.failures_at(offset) + 1;
+        self.offset = offset;
+        self.error = error;
+        self.failures
+    }
+}
+
+/// Whether the broker answered but the client cannot parse the answer (for
+/// example a header name that is not UTF-8): asking again gets the same
+/// bytes. Connection and server errors are not this.
+pub(super) fn is_unreadable(err: &RsKafkaError) -> bool {
+    use rskafka::client::error::RequestError;
+    matches!(
+        err,
+        RsKafkaError::InvalidResponse(_)
+            | RsKafkaError::Request(
+                RequestError::ReadError(_)
+                    | RequestError::ReadVersionedError(_)
+                    | RequestError::TooMuchData { .. }
+            )
+    )
+}
+
+impl<H: EventHandler> Consumer<H> {
+    /// Counts a fetch at `offset` that the client could not read, and after
+    /// `MAX_UNREADABLE_FETCHES` of them skips that one record: stores
+    /// `offset + 1` with a dead letter that says what was skipped and why.
+    /// Returns whether the skip committed.
+    pub(super) async fn unreadable_at(
+        &self,
+        unreadable: &mut UnreadableFetches,
+        offset: i64,
+        error: String,
+        shutdown: &CancellationToken,
+    ) -> bool {
+        let (topic, partition) = (unreadable.topic.clone(), unreadable.partition);
+        let failures = unreadable.record(offset, error);
+        let mut backoff = Backoff::transient();
+        if failures < MAX_UNREADABLE_FETCHES {
+            tracing::warn!(%topic, partition, offset, failures, error = %unreadable.error, "cannot read the fetched records");
+            pause(&mut backoff, shutdown).await;
+            return false;
+        }
+        let letter = skipped_record(&topic, partition, offset, &unreadable.error);
+        let stored = async {
+            let mut conn = self.pool.get().await?;
+            conn.transaction::<_, diesel::result::Error, _>(async |conn| {
+                outbox::enqueue(conn, std::slice::from_ref(&letter)).await?;
+                store_position(conn, &topic, partition, &StoredPosition::at(offset + 1)).await
+            })
+            .await?;
+            Ok::<_, DbError>(())
+        };
+        match stored.await {
+            Ok(()) => {
+                tracing::error!(
+                    %topic, partition, offset, error = %unreadable.error,
+                    "skipped a record the client cannot read; its dead letter names it"
+                );
+                self.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
+                self.relay_wakeup.notify_one();
+                true
+            }
+            Err(err) => {
+                tracing::warn!(%topic, partition, offset, error = %err, "cannot record the skip, retrying");
+                pause(&mut backoff, shutdown).await;
+                false
+            }
+        }
+    }
+}
