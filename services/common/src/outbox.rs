@@ -2,25 +2,43 @@
 //! transaction as the state change that causes them, and the relay publishes
 //! them afterwards.
 //!
-//! The relay reads rows in id order, publishes them (all records of one
-//! partition in one request, so per-key order holds), waits for the broker's
-//! acknowledgement and only then deletes them. A crash between publish and
-//! delete publishes a row again: delivery is at least once, and every consumer
-//! is idempotent, so effects happen exactly once.
+//! The relay reads up to `RELAY_BATCH` rows in id order and routes each to
+//! its partition. A partition's rows go in produce requests that stay within
+//! the broker's `message.max.bytes`, sent one after another so per-key order
+//! holds; partitions and topics are written concurrently. Once the broker
+//! acknowledges a request, exactly its rows are deleted, so a later failure
+//! never makes acknowledged rows be published again. A crash between the
+//! acknowledgement and the delete does publish them again: delivery is at
+//! least once, and every consumer is idempotent, so effects happen once.
+//!
+//! A failure is transient or permanent for one row (`is_permanent`). After a
+//! transient one (broker down, timeout, topic missing) the rest of that
+//! partition waits for the next round, after a backoff, so nothing overtakes
+//! it. A row that can never be published (too large on its own, or refused
+//! by the broker as invalid) is parked: moved with its error to
+//! `outbox_parked`, logged and counted, and the rows behind it go on. When a
+//! request of several rows is refused as invalid, its rows are sent again one
+//! per request, so that only the culprit is parked.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use diesel::prelude::*;
+use diesel::sql_types::{BigInt, Text};
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
+use rskafka::client::error::{Error as RsKafkaError, ProtocolError};
+use rskafka::client::partition::{Compression, PartitionClient};
+use rskafka::record::Record;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use oms_api::{Event, EventEnvelope};
 
 use crate::db::{DbError, DbPool};
-use crate::kafka::{KafkaError, KeyedRecord, Producer};
+use crate::kafka::{KafkaError, Producer, RECORD_BATCH_OVERHEAD, encoded_size, partition_for_key};
 use crate::retry::Backoff;
 use crate::schema::outbox;
 
@@ -91,6 +109,25 @@ pub async fn delete_published(conn: &mut AsyncPgConnection, ids: &[i64]) -> Quer
     Ok(())
 }
 
+/// Moves row `id` from the outbox to `outbox_parked`, keeping its id, with
+/// `error` saying why it cannot be published. One statement, so the row is
+/// in exactly one of the two tables at any time.
+pub async fn park(conn: &mut AsyncPgConnection, id: i64, error: &str) -> QueryResult<()> {
+    diesel::sql_query(
+        "WITH moved AS (DELETE FROM outbox WHERE id = $1 RETURNING *) \
+         INSERT INTO outbox_parked \
+         (id, topic, message_key, payload, header_names, header_values, created_at, error) \
+         SELECT id, topic, message_key, payload, header_names, header_values, created_at, $2 \
+         FROM moved",
+    )
+    .bind::<BigInt, _>(id)
+    // PostgreSQL text cannot hold NUL, and a broker's message might.
+    .bind::<Text, _>(error.replace('\0', "\\0"))
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
 /// Writes the messages to the outbox; call inside the transaction that makes
 /// the state change they announce.
 pub async fn enqueue(conn: &mut AsyncPgConnection, messages: &[OutboxMessage]) -> QueryResult<()> {
@@ -128,72 +165,309 @@ impl From<diesel::result::Error> for RelayError {
     }
 }
 
-/// Publishes outbox rows until `shutdown`. Wakes on `wakeup` (notified after
-/// each commit that wrote rows) and sweeps on a timer as a fallback.
-pub async fn run_relay(
-    pool: DbPool,
-    producer: Arc<Producer>,
-    wakeup: Arc<Notify>,
-    shutdown: CancellationToken,
-) {
-    let mut backoff = Backoff::transient();
-    loop {
-        match publish_pending(&pool, &producer).await {
-            Ok(()) => backoff.reset(),
-            Err(err) => {
-                tracing::warn!(error = %err, "outbox relay failed, retrying");
-                tokio::select! {
-                    _ = tokio::time::sleep(backoff.next_delay()) => continue,
-                    _ = shutdown.cancelled() => return,
-                }
-            }
-        }
-        tokio::select! {
-            _ = wakeup.notified() => {}
-            _ = tokio::time::sleep(RELAY_SWEEP_INTERVAL) => {}
-            _ = shutdown.cancelled() => return,
-        }
-    }
+/// Answers whether the broker refused the records themselves, so that
+/// sending them again can never succeed. Anything else (broker down, a
+/// timeout, a topic not created yet) may pass later and is retried.
+fn is_permanent(err: &KafkaError) -> bool {
+    matches!(
+        err,
+        KafkaError::Broker(RsKafkaError::ServerError {
+            protocol_error: ProtocolError::MessageTooLarge
+                | ProtocolError::RecordListTooLarge
+                | ProtocolError::InvalidRecord
+                | ProtocolError::CorruptMessage
+                | ProtocolError::InvalidTimestamp
+                | ProtocolError::InvalidTopicException,
+            ..
+        })
+    )
 }
 
-/// Publishes rows until the outbox is empty.
-async fn publish_pending(pool: &DbPool, producer: &Producer) -> Result<(), RelayError> {
-    loop {
-        let rows = {
-            let mut conn = pool.get().await.map_err(DbError::from)?;
-            load_pending(&mut conn, RELAY_BATCH).await?
-        };
-        if rows.is_empty() {
-            return Ok(());
-        }
-        let published = publish_rows(producer, rows).await?;
-        let mut conn = pool.get().await.map_err(DbError::from)?;
-        delete_published(&mut conn, &published).await?;
-        tracing::debug!(count = published.len(), "published outbox rows");
-    }
+/// Counters of a relay.
+#[derive(Debug, Default)]
+pub struct RelayStats {
+    /// Rows acknowledged by the broker and deleted.
+    pub published: AtomicU64,
+    /// Acknowledged produce requests.
+    pub requests: AtomicU64,
+    /// Rows moved to `outbox_parked`.
+    pub parked: AtomicU64,
 }
 
-/// Publishes the rows grouped by topic and returns the ids of all of them;
-/// fails, publishing nothing further, at the first topic the broker refuses.
-async fn publish_rows(producer: &Producer, rows: Vec<OutboxRow>) -> Result<Vec<i64>, KafkaError> {
-    let mut by_topic: BTreeMap<String, (Vec<i64>, Vec<KeyedRecord>)> = BTreeMap::new();
-    for row in rows {
-        let (ids, records) = by_topic.entry(row.topic).or_default();
-        ids.push(row.id);
-        records.push(KeyedRecord {
-            key: row.message_key,
-            value: row.payload,
+/// Publishes a service's outbox.
+#[derive(Clone)]
+pub struct Relay {
+    pub pool: DbPool,
+    pub producer: Arc<Producer>,
+    /// The broker's `message.max.bytes`: no produce request is larger.
+    pub max_message_bytes: usize,
+    pub stats: Arc<RelayStats>,
+}
+
+/// A row routed and encoded, ready to go in a request.
+#[derive(Debug)]
+struct Pending {
+    id: i64,
+    record: Record,
+    size: usize,
+}
+
+impl Pending {
+    fn new(row: OutboxRow, timestamp: DateTime<Utc>) -> Self {
+        let record = Record {
+            key: Some(row.message_key),
+            value: Some(row.payload),
             headers: row
                 .header_names
                 .into_iter()
                 .zip(row.header_values)
                 .collect(),
+            timestamp,
+        };
+        Self {
+            id: row.id,
+            size: encoded_size(&record),
+            record,
+        }
+    }
+}
+
+impl Relay {
+    /// Publishes outbox rows until `shutdown`. Wakes on `wakeup` (notified
+    /// after each commit that wrote rows) and sweeps on a timer as a fallback.
+    pub async fn run(self, wakeup: Arc<Notify>, shutdown: CancellationToken) {
+        let mut backoff = Backoff::transient();
+        loop {
+            match self.publish_pending().await {
+                Ok(()) => backoff.reset(),
+                Err(err) => {
+                    tracing::warn!(error = %err, "outbox relay failed, retrying");
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff.next_delay()) => continue,
+                        _ = shutdown.cancelled() => return,
+                    }
+                }
+            }
+            tokio::select! {
+                _ = wakeup.notified() => {}
+                _ = tokio::time::sleep(RELAY_SWEEP_INTERVAL) => {}
+                _ = shutdown.cancelled() => return,
+            }
+        }
+    }
+
+    /// Publishes rows until the outbox is empty. Each round either removes
+    /// every row it read (published or parked) or fails, so this ends.
+    async fn publish_pending(&self) -> Result<(), RelayError> {
+        loop {
+            let rows = {
+                let mut conn = self.pool.get().await.map_err(DbError::from)?;
+                load_pending(&mut conn, RELAY_BATCH).await?
+            };
+            if rows.is_empty() {
+                return Ok(());
+            }
+            let mut by_topic: BTreeMap<String, Vec<OutboxRow>> = BTreeMap::new();
+            for row in rows {
+                by_topic.entry(row.topic.clone()).or_default().push(row);
+            }
+            let topics = by_topic
+                .into_iter()
+                .map(|(topic, rows)| self.publish_topic(topic, rows));
+            // Every topic gets its chance before the first failure is reported.
+            for result in futures::future::join_all(topics).await {
+                result?;
+            }
+        }
+    }
+
+    async fn publish_topic(&self, topic: String, rows: Vec<OutboxRow>) -> Result<(), RelayError> {
+        let clients = self.producer.partition_clients(&topic).await?;
+        if clients.is_empty() {
+            return Err(KafkaError::UnknownTopic(topic).into());
+        }
+        let now = Utc::now();
+        let mut by_partition: BTreeMap<i32, Vec<Pending>> = BTreeMap::new();
+        for row in rows {
+            let partition = partition_for_key(&row.message_key, clients.len());
+            let pending = Pending::new(row, now);
+            if RECORD_BATCH_OVERHEAD + pending.size > self.max_message_bytes {
+                let error = format!(
+                    "record of up to {} bytes does not fit in a request of at most {} bytes",
+                    RECORD_BATCH_OVERHEAD + pending.size,
+                    self.max_message_bytes
+                );
+                self.park(&topic, pending.id, &error).await?;
+                continue;
+            }
+            by_partition.entry(partition).or_default().push(pending);
+        }
+        let partitions = by_partition.into_iter().map(|(partition, rows)| {
+            self.publish_partition(&topic, partition, &clients[partition as usize], rows)
         });
+        for result in futures::future::join_all(partitions).await {
+            result?;
+        }
+        Ok(())
     }
-    let mut published = Vec::new();
-    for (topic, (ids, records)) in by_topic {
-        producer.produce(&topic, records).await?;
-        published.extend(ids);
+
+    /// Sends one partition's rows in order, request after request, deleting
+    /// each request's rows as soon as the broker acknowledges it. Stops at
+    /// the first transient failure, so that no row overtakes an earlier one.
+    async fn publish_partition(
+        &self,
+        topic: &str,
+        partition: i32,
+        client: &PartitionClient,
+        rows: Vec<Pending>,
+    ) -> Result<(), RelayError> {
+        let mut requests = split_by_size(rows, self.max_message_bytes);
+        while let Some(request) = requests.pop_front() {
+            let sent = produce(client, &request).await;
+            match sent {
+                Ok(()) => self.acknowledged(topic, partition, &request).await?,
+                Err(err) if !is_permanent(&err) => return Err(err.into()),
+                Err(err) if request.len() == 1 => {
+                    self.park(topic, request[0].id, &err.to_string()).await?;
+                }
+                Err(err) => {
+                    tracing::warn!(
+                        topic,
+                        partition,
+                        error = %err,
+                        rows = request.len(),
+                        "broker refused a request, sending its rows one by one"
+                    );
+                    for row in request.into_iter().rev() {
+                        requests.push_front(vec![row]);
+                    }
+                }
+            }
+        }
+        Ok(())
     }
-    Ok(published)
+
+    async fn acknowledged(
+        &self,
+        topic: &str,
+        partition: i32,
+        request: &[Pending],
+    ) -> Result<(), RelayError> {
+        let ids: Vec<i64> = request.iter().map(|row| row.id).collect();
+        let mut conn = self.pool.get().await.map_err(DbError::from)?;
+        delete_published(&mut conn, &ids).await?;
+        self.stats.requests.fetch_add(1, Ordering::Relaxed);
+        self.stats
+            .published
+            .fetch_add(ids.len() as u64, Ordering::Relaxed);
+        tracing::debug!(topic, partition, count = ids.len(), "published outbox rows");
+        Ok(())
+    }
+
+    async fn park(&self, topic: &str, id: i64, error: &str) -> Result<(), RelayError> {
+        let mut conn = self.pool.get().await.map_err(DbError::from)?;
+        park(&mut conn, id, error).await?;
+        self.stats.parked.fetch_add(1, Ordering::Relaxed);
+        tracing::error!(
+            topic,
+            id,
+            error,
+            "parked an outbox row the broker can never accept"
+        );
+        Ok(())
+    }
+}
+
+/// Produces the rows in one request and waits for the acknowledgement.
+async fn produce(client: &PartitionClient, rows: &[Pending]) -> Result<(), KafkaError> {
+    let records = rows.iter().map(|row| row.record.clone()).collect();
+    client.produce(records, Compression::NoCompression).await?;
+    Ok(())
+}
+
+/// Cuts a partition's rows, in order, into requests that each stay within
+/// `max_bytes`. Every row fits on its own; the caller parked those that do
+/// not.
+fn split_by_size(rows: Vec<Pending>, max_bytes: usize) -> VecDeque<Vec<Pending>> {
+    let mut requests = VecDeque::new();
+    let mut request = Vec::new();
+    let mut size = RECORD_BATCH_OVERHEAD;
+    for row in rows {
+        if !request.is_empty() && size + row.size > max_bytes {
+            requests.push_back(std::mem::take(&mut request));
+            size = RECORD_BATCH_OVERHEAD;
+        }
+        size += row.size;
+        request.push(row);
+    }
+    if !request.is_empty() {
+        requests.push_back(request);
+    }
+    requests
+}
+
+#[cfg(test)]
+mod tests {
+    use rskafka::client::error::RequestContext;
+
+    use super::*;
+
+    fn pending(id: i64, value_bytes: usize) -> Pending {
+        let row = OutboxRow {
+            id,
+            topic: "t".into(),
+            message_key: b"order".to_vec(),
+            payload: vec![0; value_bytes],
+            header_names: vec!["ce_id".into()],
+            header_values: vec![vec![b'x'; 36]],
+        };
+        Pending::new(row, Utc::now())
+    }
+
+    #[test]
+    fn requests_stay_within_the_limit_keep_row_order_and_are_only_cut_when_full() {
+        let max = 10_000;
+        let rows: Vec<Pending> = (0..50)
+            .map(|id| pending(id, 100 + 97 * id as usize))
+            .collect();
+        let requests = split_by_size(rows, max);
+
+        let ids: Vec<i64> = requests.iter().flatten().map(|row| row.id).collect();
+        assert_eq!(ids, (0..50).collect::<Vec<_>>());
+        let totals: Vec<usize> = requests
+            .iter()
+            .map(|request| {
+                RECORD_BATCH_OVERHEAD + request.iter().map(|row| row.size).sum::<usize>()
+            })
+            .collect();
+        assert!(totals.iter().all(|&total| total <= max), "{totals:?}");
+        for (total, next) in totals.iter().zip(requests.iter().skip(1)) {
+            assert!(total + next[0].size > max, "cut early: {totals:?}");
+        }
+        assert!(requests.len() > 1, "{totals:?}");
+    }
+
+    #[test]
+    fn only_errors_about_the_records_themselves_are_permanent() {
+        let server_error = |protocol_error: ProtocolError| {
+            KafkaError::Broker(RsKafkaError::ServerError {
+                protocol_error,
+                error_message: None,
+                request: RequestContext::Topic("t".into()),
+                response: None,
+                is_virtual: false,
+            })
+        };
+        for refused in [ProtocolError::MessageTooLarge, ProtocolError::InvalidRecord] {
+            assert!(is_permanent(&server_error(refused)));
+        }
+        for passing in [
+            ProtocolError::NotEnoughReplicas,
+            ProtocolError::UnknownTopicOrPartition,
+        ] {
+            assert!(!is_permanent(&server_error(passing)));
+        }
+        assert!(!is_permanent(&KafkaError::UnknownTopic("t".into())));
+        assert!(!is_permanent(&KafkaError::Timeout(Duration::from_secs(1))));
+    }
 }

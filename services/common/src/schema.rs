@@ -7,6 +7,8 @@ diesel::table! {
         partition_id -> Int4,
         next_offset -> Int8,
         updated_at -> Timestamptz,
+        last_ce_id -> Nullable<Text>,
+        last_record_time -> Nullable<Timestamptz>,
     }
 }
 
@@ -19,5 +21,19 @@ diesel::table! {
         header_names -> Array<Text>,
         header_values -> Array<Bytea>,
         created_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    outbox_parked (id) {
+        id -> Int8,
+        topic -> Text,
+        message_key -> Bytea,
+        payload -> Bytea,
+        header_names -> Array<Text>,
+        header_values -> Array<Bytea>,
+        created_at -> Timestamptz,
+        error -> Text,
+        parked_at -> Timestamptz,
     }
 }

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use diesel_migrations::EmbeddedMigrations;
+use futures::future::BoxFuture;
 use rskafka::client::Client;
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
@@ -20,6 +21,7 @@ use crate::consumer::{Consumer, ConsumerStats, EventHandler, FetchSettings};
 use crate::db::{self, DbPool};
 use crate::health::Readiness;
 use crate::kafka::{self, Producer};
+use crate::supervisor::{TaskHealth, supervise};
 use crate::topics::dead_letter_topic;
 use crate::{grpc, outbox, retry, shutdown};
 
@@ -65,6 +67,19 @@ pub struct EventService<H> {
     pub handler: H,
     /// Its own gRPC services, reported by health beside the overall status.
     pub grpc_services: Vec<&'static str>,
+    /// Wakes the relay; shared with workers that write outbox rows, so their
+    /// events go out at once rather than at the relay's next sweep.
+    pub relay_wakeup: Arc<Notify>,
+    /// Its own background tasks, supervised like the consumers and stopped
+    /// after them, before the relay.
+    pub workers: Vec<Worker>,
+}
+
+/// A background task of a service: `start` makes the task, which runs until
+/// the token it is given is cancelled.
+pub struct Worker {
+    pub name: &'static str,
+    pub start: Box<dyn FnMut(CancellationToken) -> BoxFuture<'static, ()> + Send + Sync>,
 }
 
 impl<H: EventHandler> EventService<H> {
@@ -94,33 +109,66 @@ impl<H: EventHandler> EventService<H> {
             return server.await?.context("gRPC server failed");
         };
 
-        let wakeup = Arc::new(Notify::new());
+        let wakeup = Arc::clone(&self.relay_wakeup);
+        let tasks = Arc::new(TaskHealth::default());
         let relay_stop = CancellationToken::new();
-        let relay = tokio::spawn(outbox::run_relay(
-            pool.clone(),
-            Arc::new(Producer::new(Arc::clone(&client))),
-            Arc::clone(&wakeup),
-            relay_stop.clone(),
-        ));
+        let relay = outbox::Relay {
+            pool: pool.clone(),
+            producer: Arc::new(Producer::new(Arc::clone(&client))),
+            max_message_bytes: config.kafka.max_message_bytes,
+            stats: Arc::new(outbox::RelayStats::default()),
+        };
+        let relay = {
+            let (wakeup, stop) = (Arc::clone(&wakeup), relay_stop.clone());
+            tokio::spawn(supervise(
+                "outbox relay".to_owned(),
+                Arc::clone(&tasks),
+                relay_stop.clone(),
+                move || relay.clone().run(Arc::clone(&wakeup), stop.clone()),
+            ))
+        };
+        let stats = Arc::new(ConsumerStats::default());
         let consumers = Consumer {
             client: Arc::clone(&client),
             pool: pool.clone(),
             handler: Arc::new(self.handler),
             relay_wakeup: wakeup,
-            stats: Arc::new(ConsumerStats::default()),
+            stats: Arc::clone(&stats),
             fetch: FetchSettings::from_config(&config.kafka),
-        }
-        .spawn(&self.consumes, shutdown.clone())
-        .await
-        .context("failed to start consumers")?;
+        };
+        let consumers = tokio::spawn(consumers.run(
+            self.consumes.clone(),
+            Arc::clone(&tasks),
+            shutdown.clone(),
+        ));
         tracing::info!(service = self.name, topics = ?self.consumes, "consuming");
+        let workers_stop = CancellationToken::new();
+        let workers: Vec<_> = self
+            .workers
+            .into_iter()
+            .map(|mut worker| {
+                let stop = workers_stop.clone();
+                tokio::spawn(supervise(
+                    worker.name.to_owned(),
+                    Arc::clone(&tasks),
+                    workers_stop.clone(),
+                    move || (worker.start)(stop.clone()),
+                ))
+            })
+            .collect();
 
         let monitor = {
             let readiness = readiness.clone();
             let shutdown = shutdown.clone();
+            let health = ServiceHealth {
+                pool,
+                client,
+                tasks,
+                stats,
+                stall_after: config.kafka.stall_after,
+            };
             tokio::spawn(async move {
-                let probe = || dependency_probe(pool.clone(), Arc::clone(&client));
-                readiness.monitor(probe, shutdown).await;
+                readiness.monitor(|| health.probe(), shutdown).await;
             })
         };
 
@@ -129,12 +177,11 @@ impl<H: EventHandler> EventService<H> {
         let deadline = tokio::time::Instant::now() + config.shutdown_grace;
         // Consumers commit the batch in hand, then the relay publishes what
         // they wrote, then the server drains in-flight calls.
-        if tokio::time::timeout_at(deadline, consumers.join_all())
-            .await
-            .is_err()
-        {
+        if tokio::time::timeout_at(deadline, consumers).await.is_err() {
             tracing::warn!("consumers did not stop within the grace period");
         }
+        workers_stop.cancel();
+        let _ = tokio::time::timeout_at(deadline, futures::future::join_all(workers)).await;
         relay_stop.cancel();
         let _ = tokio::time::timeout_at(deadline, relay).await;
         server_stop.cancel();
@@ -161,19 +208,37 @@ impl<H: EventHandler> EventService<H> {
             .chain(self.consumes.iter().map(|topic| dead_letter_topic(topic)))
             .chain(self.produces.iter().cloned())
             .collect();
-        kafka::ensure_topics(&client, &topics, config.kafka.partitions)
-            .await
-            .context("failed to create topics")?;
+        kafka::ensure_topics(
+            &client,
+            &topics,
+            config.kafka.partitions,
+            config.kafka.replication_factor,
+        )
+        .await
+        .context("failed to create topics")?;
         Ok(client)
     }
 }
 
-async fn dependency_probe(pool: DbPool, client: Arc<Client>) -> Result<(), String> {
-    if !db::is_reachable(&pool).await {
-        return Err("database does not answer".into());
+/// What health reports on: the dependencies answer, no background task is
+/// down, and no partition is stalled.
+struct ServiceHealth {
+    pool: DbPool,
+    client: Arc<Client>,
+    tasks: Arc<TaskHealth>,
+    stats: Arc<ConsumerStats>,
+    stall_after: Duration,
+}
+
+impl ServiceHealth {
+    async fn probe(&self) -> Result<(), String> {
+        if !db::is_reachable(&self.pool).await {
+            return Err("database does not answer".into());
+        }
+        if !kafka::is_reachable(&self.client).await {
+            return Err("broker does not answer".into());
+        }
+        self.tasks.check()?;
+        self.stats.progress.check(self.stall_after)
     }
-    if !kafka::is_reachable(&client).await {
-        return Err("broker does not answer".into());
-    }
-    Ok(())
 }

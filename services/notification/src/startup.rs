@@ -64,6 +64,8 @@ impl Application {
             produces: vec![],
             handler: NotificationEvents,
             grpc_services: vec!["notifications.v1.NotificationService"],
+            relay_wakeup: Default::default(),
+            workers: Vec::new(),
         };
         service
             .run(

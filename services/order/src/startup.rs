@@ -76,6 +76,8 @@ impl Application {
                 source: "/order-service",
             },
             grpc_services: vec!["orders.internal.v1.OrderQueryService"],
+            relay_wakeup: Default::default(),
+            workers: Vec::new(),
         };
         service
             .run(
