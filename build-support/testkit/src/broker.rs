@@ -1,5 +1,7 @@
 //! A tansu broker owned by one test, on its own port with durable sqlite
 //! storage, so the test can stop and restart it without disturbing others.
+//! It can advertise another address than its own, such as a `TestProxy` in
+//! front of it, so that clients reach it only through that address.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -11,6 +13,8 @@ use crate::system::free_port;
 
 pub struct TestBroker {
     pub addr: SocketAddr,
+    /// The address clients are told to connect to; `addr` unless proxied.
+    advertised: SocketAddr,
     storage: PathBuf,
     log: PathBuf,
     child: Option<Child>,
@@ -26,10 +30,19 @@ fn tansu_binary() -> PathBuf {
 impl TestBroker {
     /// Starts tansu on a free port with a fresh sqlite file.
     pub async fn start_durable(tag: &str) -> Self {
+        let addr = free_port();
+        Self::start_advertising(tag, addr, addr).await
+    }
+
+    /// Starts tansu on `addr` with a fresh sqlite file, telling clients to
+    /// connect to `advertised` for every partition, which must lead to
+    /// `addr` (a proxy's address, for instance).
+    pub async fn start_advertising(tag: &str, addr: SocketAddr, advertised: SocketAddr) -> Self {
         let dir = crate::process::binary_dir().join("test-brokers");
         std::fs::create_dir_all(&dir).expect("broker dir");
         let mut broker = Self {
-            addr: free_port(),
+            addr,
+            advertised,
             storage: dir.join(format!("{tag}tansu.db")),
             log: dir.join(format!("{tag}tansu.log")),
             child: None,
@@ -52,13 +65,15 @@ impl TestBroker {
     /// Starts the broker again on the same port and storage.
     pub async fn resume(&mut self) {
         let url = format!("tcp://{}", self.addr);
+        let advertised = format!("tcp://{}", self.advertised);
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&self.log)
             .expect("broker log");
         let child = Command::new(tansu_binary())
-            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
+            .args(["broker", "--listener-url", &url])
+            .args(["--advertised-listener-url", &advertised])
             // tansu opens sqlite paths relative to its working directory,
             // even ones written with a leading slash.
             .current_dir(self.storage.parent().expect("storage dir"))

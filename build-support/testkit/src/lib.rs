@@ -12,6 +12,8 @@ pub mod events;
 pub mod grpc;
 pub mod kafka;
 pub mod process;
+pub mod proxy;
+pub mod raw_produce;
 pub mod service;
 pub mod system;
 

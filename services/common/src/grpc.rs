@@ -75,7 +75,7 @@ pub async fn serve(
 ) -> Result<(), tonic::transport::Error> {
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     tonic::transport::Server::builder()
-        .timeout(Duration::from_secs(30))
+        .timeout(SERVER_TIMEOUT)
         .concurrency_limit_per_connection(MAX_CONCURRENT_REQUESTS_PER_CONNECTION)
         .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
         .add_routes(routes)
@@ -99,6 +99,11 @@ pub fn database_error_status(err: &crate::db::DbError) -> tonic::Status {
         }
     }
 }
+
+/// The longest any call may take: the server ends a call at this or at the
+/// client's `grpc-timeout`, whichever comes first. Settings that bound a
+/// call's work (the gateway's publish timeout) must stay within it.
+pub const SERVER_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The time the caller allows for a call, from its `grpc-timeout` header.
 /// `None` without a deadline or with a malformed one.

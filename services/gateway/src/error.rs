@@ -3,6 +3,13 @@
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, FieldViolation, StatusExt};
 
+/// What a client hears when its order could not be published. The broker's
+/// or the transport's own words go to the log only: they describe our
+/// infrastructure, and a client can act on nothing but the advice.
+pub const PUBLISH_FAILED: &str = "the order could not be published; retry with the same request_id";
+/// What a client hears when the order service cannot be reached or used.
+pub const ORDER_SERVICE_UNAVAILABLE: &str = "the order service is unavailable; retry later";
+
 #[derive(Debug, thiserror::Error)]
 pub enum GatewayError {
     #[error("invalid request: {}", describe(.0))]
@@ -13,6 +20,8 @@ pub enum GatewayError {
     NotFound(String),
     #[error("the order could not be published: {0}")]
     BrokerUnavailable(String),
+    #[error("the order needs {size} bytes on the broker, over its limit of {limit}")]
+    OrderTooLarge { size: usize, limit: usize },
     #[error("the order service is unavailable: {0}")]
     OrderServiceUnavailable(String),
     #[error("the call's deadline passed while watching order {0}")]
@@ -43,9 +52,19 @@ impl From<GatewayError> for Status {
             GatewayError::NotFound(_) => Status::not_found(err.to_string()),
             GatewayError::DeadlineExceeded(_) => Status::deadline_exceeded(err.to_string()),
             GatewayError::ShuttingDown => Status::unavailable(err.to_string()),
-            GatewayError::BrokerUnavailable(_) | GatewayError::OrderServiceUnavailable(_) => {
-                tracing::warn!(error = %err, "dependency unavailable");
-                Status::unavailable(err.to_string())
+            // Never published, and a retry cannot fit either: gRPC's own
+            // code for a message over a size limit.
+            GatewayError::OrderTooLarge { .. } => {
+                tracing::warn!(error = %err, "order refused before publishing");
+                Status::resource_exhausted(err.to_string())
+            }
+            GatewayError::BrokerUnavailable(_) => {
+                tracing::warn!(error = %err, "broker unavailable");
+                Status::unavailable(PUBLISH_FAILED)
+            }
+            GatewayError::OrderServiceUnavailable(_) => {
+                tracing::warn!(error = %err, "order service unavailable");
+                Status::unavailable(ORDER_SERVICE_UNAVAILABLE)
             }
             GatewayError::Internal(_) => {
                 tracing::error!(error = %err, "internal error");

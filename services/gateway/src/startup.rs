@@ -25,6 +25,11 @@ use crate::service::Gateway;
 
 pub const SERVICE_NAME: &str = "gateway";
 
+/// The longest publish timeout allowed: the server's own timeout, which ends
+/// any call that outlives it. A longer publish timeout could never be waited
+/// out, and would only suggest it can.
+const MAX_PUBLISH_TIMEOUT_MS: u64 = grpc::SERVER_TIMEOUT.as_millis() as u64;
+
 #[derive(Debug, Clone)]
 pub struct GatewayConfig {
     pub grpc_addr: SocketAddr,
@@ -51,7 +56,7 @@ impl GatewayConfig {
             publish_timeout: Duration::from_millis(oms_common::config::parse_in_range(
                 "GATEWAY_PUBLISH_TIMEOUT_MS",
                 5_000,
-                10..=60_000,
+                10..=MAX_PUBLISH_TIMEOUT_MS,
             )?),
             produce_linger: Duration::from_micros(oms_common::config::parse_in_range(
                 "GATEWAY_PRODUCE_LINGER_US",
@@ -113,16 +118,19 @@ impl Application {
                 &client,
                 std::slice::from_ref(&topic),
                 config.kafka.partitions,
+                config.kafka.replication_factor,
             )
             .await?;
             // Opens the partition connections now rather than on the first
-            // order. A batch not acknowledged within the publish timeout
-            // fails and is abandoned, so its callers' UNAVAILABLE stays true.
-            let producer = BatchingProducer::new(
+            // order. A record is never sent after its caller's deadline, and
+            // a batch is abandoned at its earliest one, so an UNAVAILABLE
+            // stays true.
+            let producer = BatchingProducer::with_max_message_bytes(
                 Arc::new(Producer::new(client)),
                 &topic,
                 config.produce_linger,
                 config.publish_timeout,
+                config.kafka.max_message_bytes,
             )
             .await?;
             anyhow::Ok(Arc::new(producer))
