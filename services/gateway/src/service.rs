@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use chrono::Utc;
 use tokio::sync::OnceCell;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 use tonic::{Code, Request, Response, Status};
@@ -19,8 +20,8 @@ use oms_api::orders::v1::{
     CreateOrderRequest, GetOrderRequest, ListOrdersRequest, ListOrdersResponse, Order, OrderStatus,
     WatchOrderRequest,
 };
-use oms_common::batching::BatchingProducer;
-use oms_common::grpc::timeout_of;
+use oms_common::batching::{BatchingProducer, ProduceError};
+use oms_common::grpc::{SERVER_TIMEOUT, timeout_of};
 use oms_common::kafka::KeyedRecord;
 use tonic_types::FieldViolation;
 
@@ -31,10 +32,6 @@ use crate::watch::OrderStream;
 
 /// The CloudEvents source of the events the gateway publishes.
 const SOURCE: &str = "/gateway";
-
-/// How much longer than the broker client's own deadline a CreateOrder
-/// waits for the outcome of its produce.
-const PUBLISH_GRACE: Duration = Duration::from_secs(1);
 
 pub struct Gateway {
     /// Set once the broker has answered at start-up; until then every
@@ -50,22 +47,26 @@ pub struct Gateway {
 }
 
 impl Gateway {
-    async fn create_order(&self, request: CreateOrderRequest) -> Result<Order, GatewayError> {
+    async fn create_order(
+        &self,
+        request: CreateOrderRequest,
+        deadline: Instant,
+    ) -> Result<Order, GatewayError> {
         let order = validate_create_order(request).map_err(GatewayError::InvalidArgument)?;
         let order_id = idempotency::order_id_for(&order);
         if let Some(request_id) = &order.request_id {
-            // A failed look-up is no reason to refuse: publishing a derived
-            // id again is harmless.
-            if let Ok(Some(recorded)) = self.find_order(&order_id.to_string()).await {
-                if idempotency::is_same_order(&recorded, &order) {
-                    tracing::info!(%order_id, "retried request answered with the recorded order");
-                    return Ok(recorded);
-                }
-                return Err(GatewayError::RequestIdReused(request_id.clone()));
+            // The claim comes first, and a failed one refuses the call: two
+            // calls with one key and different contents published unclaimed
+            // would both be answered OK while only one is recorded.
+            let claim = idempotency::claim_key(&self.orders, order_id, &order, request_id);
+            if let Some(recorded) = claim.await? {
+                tracing::info!(%order_id, "retried request answered with the recorded order");
+                return Ok(recorded);
             }
         }
         let create_time = timestamp_now();
-        self.publish(order_id, &order, create_time).await?;
+        self.publish(order_id, &order, create_time, deadline)
+            .await?;
         tracing::info!(%order_id, customer_id = %order.customer_id, "order accepted");
         Ok(Order {
             order_id: order_id.to_string(),
@@ -82,11 +83,14 @@ impl Gateway {
     }
 
     /// Publishes `order-created` and returns once the broker acknowledged it.
+    /// The record is not sent after `caller_deadline`, when the caller stops
+    /// waiting, nor after the publish timeout.
     async fn publish(
         &self,
         order_id: Uuid,
         order: &ValidOrder,
         create_time: prost_types::Timestamp,
+        caller_deadline: Instant,
     ) -> Result<(), GatewayError> {
         let producer = self.producer.get().ok_or_else(|| {
             GatewayError::BrokerUnavailable("not connected to the broker yet".into())
@@ -107,20 +111,20 @@ impl Gateway {
             headers: EventEnvelope::new::<OrderCreated>(SOURCE, &order_id).to_headers(),
         };
         // The batch carrying the record is produced by a task of its own,
-        // so abandoning this call would not stop it: the order could still
-        // be published after being answered UNAVAILABLE. The batcher gives
-        // up after `publish_timeout` and fails the whole batch, so the call
-        // waits for that outcome; the grace only guards against a batcher
-        // that never answers.
-        let send = producer.produce(record);
-        match tokio::time::timeout(self.publish_timeout + PUBLISH_GRACE, send).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(err)) => Err(GatewayError::BrokerUnavailable(err.to_string())),
-            Err(_) => Err(GatewayError::BrokerUnavailable(format!(
-                "no acknowledgement within {:?}",
-                self.publish_timeout + PUBLISH_GRACE
-            ))),
-        }
+        // which this call cannot stop. The batcher drops the record if the
+        // deadline passes before its batch goes, and abandons the batch at
+        // the earliest deadline in it, so an order answered with an error
+        // is not published afterwards.
+        let deadline = caller_deadline.min(Instant::now() + self.publish_timeout);
+        producer
+            .produce_by(record, deadline)
+            .await
+            .map_err(|err| match err {
+                ProduceError::TooLarge { size, limit } => {
+                    GatewayError::OrderTooLarge { size, limit }
+                }
+                err => GatewayError::BrokerUnavailable(err.to_string()),
+            })
     }
 
     /// Asks the order service for an order; `None` when it is not recorded.
@@ -212,8 +216,12 @@ impl OrderService for Gateway {
         &self,
         request: Request<CreateOrderRequest>,
     ) -> Result<Response<Order>, Status> {
+        // The server ends the call at the client's deadline or its own
+        // timeout, whichever comes first; past that nobody hears the answer.
+        let timeout = timeout_of(&request).map_or(SERVER_TIMEOUT, |t| t.min(SERVER_TIMEOUT));
+        let deadline = Instant::now() + timeout;
         Ok(Response::new(
-            Gateway::create_order(self, request.into_inner()).await?,
+            Gateway::create_order(self, request.into_inner(), deadline).await?,
         ))
     }
 

@@ -44,9 +44,9 @@ fn valid_request() -> CreateOrderRequest {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn create_order_answers_pending_once_the_event_is_on_the_broker() {
-    let prefix = unique_topic_prefix();
-    let gateway = start_gateway(gateway_config(&prefix, None)).await;
-    let order = client(gateway.addr)
+    // A keyed order: its key is claimed with the order service first.
+    let harness = support::start().await;
+    let order = client(harness.gateway.addr)
         .await
         .create_order(valid_request())
         .await
@@ -58,11 +58,8 @@ async fn create_order_answers_pending_once_the_event_is_on_the_broker() {
     assert!(order.create_time.is_some());
 
     // The call has returned, so the record must already be on the broker.
-    let records = kafka::read_topic(
-        &*kafka::client().await,
-        &TopicNames::new(prefix).name(ORDER_CREATED),
-    )
-    .await;
+    let records =
+        kafka::read_topic(&*kafka::client().await, &harness.topics.name(ORDER_CREATED)).await;
     assert_eq!(records.len(), 1);
     let record = &records[0].record;
     assert_eq!(record.key.as_deref(), Some(order.order_id.as_bytes()));
@@ -75,7 +72,7 @@ async fn create_order_answers_pending_once_the_event_is_on_the_broker() {
     assert_eq!(event.request_id, "req-1");
     assert_eq!(event.amount, valid_request().amount);
     assert_eq!(event.quantity, 2);
-    gateway.stop().await.expect("clean shutdown");
+    harness.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -190,9 +187,14 @@ async fn without_a_broker_create_order_is_unavailable_and_health_not_serving() {
     );
 
     let started = Instant::now();
+    // Without a request_id, so it is the broker that is missing, not the
+    // order service that claims keys.
     let status = client(addr)
         .await
-        .create_order(valid_request())
+        .create_order(CreateOrderRequest {
+            request_id: String::new(),
+            ..valid_request()
+        })
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");

@@ -1,5 +1,6 @@
 //! Idempotent CreateOrder: the same customer_id + request_id always names
-//! the same order, and exactly one order exists downstream.
+//! the same order, exactly one order exists downstream, and a key is never
+//! used for two different contents, however close together they come.
 
 use std::collections::HashSet;
 use std::time::Duration;
@@ -9,11 +10,12 @@ mod support;
 use tonic::Code;
 
 use oms_api::google::r#type::Money;
+use oms_api::orders::v1::order_service_client::OrderServiceClient;
 use oms_api::orders::v1::{CreateOrderRequest, GetOrderRequest, OrderStatus};
-use oms_common::topics::ORDER_CREATED;
+use oms_common::topics::{ORDER_CREATED, TopicNames};
 use oms_testkit::events::committed_records;
-use oms_testkit::{eventually, kafka};
-use support::start;
+use oms_testkit::{eventually, kafka, unique_topic_prefix};
+use support::{gateway_config, start, start_gateway};
 
 fn request(customer: &str, request_id: &str, units: i64) -> CreateOrderRequest {
     CreateOrderRequest {
@@ -163,4 +165,86 @@ async fn requests_without_a_request_id_each_create_an_order() {
     })
     .await;
     harness.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn conflicting_requests_with_one_key_sent_together_never_both_succeed() {
+    let harness = start().await;
+    let client = harness.client().await;
+    let mut accepted = Vec::new();
+    for round in 0..50 {
+        let key = format!("race-{round}");
+        let call = |quantity: i32| {
+            let mut client = client.clone();
+            let conflicting = CreateOrderRequest {
+                quantity,
+                ..request("nora", &key, 10)
+            };
+            async move { client.create_order(conflicting).await }
+        };
+        let (order, refused) = match tokio::join!(call(1), call(2)) {
+            (Ok(order), Err(refused)) | (Err(refused), Ok(order)) => (order.into_inner(), refused),
+            outcomes => panic!("round {round}: exactly one call must succeed: {outcomes:?}"),
+        };
+        assert_eq!(
+            refused.code(),
+            Code::AlreadyExists,
+            "round {round}: {refused:?}"
+        );
+        accepted.push(order);
+    }
+
+    eventually(
+        "every accepted order to be recorded",
+        Duration::from_secs(20),
+        || async { harness.recorded_orders("nora").await == 50 },
+    )
+    .await;
+    let mut client = client;
+    for order in accepted {
+        let recorded = client
+            .get_order(GetOrderRequest {
+                order_id: order.order_id.clone(),
+            })
+            .await
+            .expect("get")
+            .into_inner();
+        assert_eq!(
+            recorded.quantity, order.quantity,
+            "the recorded order is the one its caller was told of: {}",
+            order.order_id
+        );
+    }
+    harness.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_keyed_request_is_refused_unavailable_while_its_key_cannot_be_claimed() {
+    let prefix = unique_topic_prefix();
+    // No order service: nothing listens where the gateway looks for it.
+    let gateway = start_gateway(gateway_config(&prefix, None)).await;
+    let mut client = OrderServiceClient::new(oms_testkit::grpc::channel(gateway.addr).await);
+    let status = client
+        .create_order(request("olga", "checkout-4", 7))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    // A request without a key needs no claim.
+    let unkeyed = client
+        .create_order(request("olga", "", 7))
+        .await
+        .expect("create")
+        .into_inner();
+
+    let records = kafka::read_topic(
+        &*kafka::client().await,
+        &TopicNames::new(prefix).name(ORDER_CREATED),
+    )
+    .await;
+    assert_eq!(records.len(), 1, "only the unkeyed order is published");
+    assert_eq!(
+        records[0].record.key.as_deref(),
+        Some(unkeyed.order_id.as_bytes())
+    );
+    gateway.stop().await.expect("clean shutdown");
 }

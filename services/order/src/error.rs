@@ -10,6 +10,8 @@ pub type Result<T, E = OrderError> = std::result::Result<T, E>;
 pub enum OrderError {
     #[error("order_id {0:?} is not a UUID")]
     InvalidOrderId(String),
+    #[error("fingerprint {0:?} is not a UUID")]
+    InvalidFingerprint(String),
     #[error("page_token is not a token this service issued")]
     InvalidPageToken,
     #[error("page_size must not be negative")]
@@ -34,6 +36,7 @@ impl From<OrderError> for Status {
     fn from(err: OrderError) -> Self {
         match &err {
             OrderError::InvalidOrderId(_)
+            | OrderError::InvalidFingerprint(_)
             | OrderError::InvalidPageToken
             | OrderError::InvalidPageSize => Status::invalid_argument(err.to_string()),
             OrderError::NotFound(_) => Status::not_found(err.to_string()),

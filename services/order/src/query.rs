@@ -1,4 +1,5 @@
-//! The internal read API the gateway calls: `orders.internal.v1.OrderQueryService`.
+//! The internal API the gateway calls: `orders.internal.v1.OrderQueryService`.
+//! Reads, watches, and the claims of idempotency keys.
 
 use std::time::Duration;
 
@@ -7,7 +8,10 @@ use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
 use oms_api::orders::internal::v1::order_query_service_server::OrderQueryService;
-use oms_api::orders::internal::v1::{GetOrderRequest, GetOrderResponse};
+use oms_api::orders::internal::v1::{
+    ClaimOutcome, ClaimRequestKeyRequest, ClaimRequestKeyResponse, GetOrderRequest,
+    GetOrderResponse,
+};
 use oms_api::orders::v1::{ListOrdersRequest, ListOrdersResponse, WatchOrderRequest};
 use oms_common::db::{DbError, DbPool};
 use oms_common::grpc::timeout_of;
@@ -17,6 +21,7 @@ use crate::error::{OrderError, Result};
 use crate::order_stream::{OrderStream, OrderWatch};
 use crate::pagination::Position;
 use crate::repository;
+use crate::request_keys::{self, Claim};
 use crate::watch::OrderChanges;
 
 pub struct OrderQueries {
@@ -65,6 +70,25 @@ impl OrderQueries {
         })
     }
 
+    async fn claim_request_key(
+        &self,
+        request: &ClaimRequestKeyRequest,
+    ) -> Result<ClaimRequestKeyResponse> {
+        let order_id = parse_order_id(&request.order_id)?;
+        let fingerprint = Uuid::parse_str(&request.fingerprint)
+            .map_err(|_| OrderError::InvalidFingerprint(request.fingerprint.clone()))?;
+        let mut conn = self.pool.get().await.map_err(DbError::from)?;
+        let outcome = match request_keys::claim(&mut conn, order_id, fingerprint).await? {
+            Claim::Claimed => ClaimOutcome::Claimed,
+            Claim::Conflict => ClaimOutcome::Conflict,
+        };
+        let order = repository::find(&mut conn, order_id).await?;
+        Ok(ClaimRequestKeyResponse {
+            outcome: outcome as i32,
+            order: order.map(|row| row.into_proto()),
+        })
+    }
+
     async fn watch_order(&self, raw_id: &str, timeout: Option<Duration>) -> Result<OrderStream> {
         let order_id = parse_order_id(raw_id)?;
         let subscription = self.changes.subscribe(order_id).await?;
@@ -99,6 +123,15 @@ impl OrderQueryService for OrderQueries {
     ) -> Result<Response<ListOrdersResponse>, Status> {
         Ok(Response::new(
             OrderQueries::list_orders(self, request.get_ref()).await?,
+        ))
+    }
+
+    async fn claim_request_key(
+        &self,
+        request: Request<ClaimRequestKeyRequest>,
+    ) -> Result<Response<ClaimRequestKeyResponse>, Status> {
+        Ok(Response::new(
+            OrderQueries::claim_request_key(self, request.get_ref()).await?,
         ))
     }
 }

@@ -18,3 +18,13 @@ diesel::table! {
         failure_reason -> Nullable<Text>,
     }
 }
+
+diesel::table! {
+    request_keys (order_id) {
+        order_id -> Uuid,
+        fingerprint -> Uuid,
+        created_at -> Timestamptz,
+    }
+}
+
+diesel::allow_tables_to_appear_in_same_query!(orders, request_keys,);
