@@ -10,6 +10,7 @@ use std::time::Duration;
 use rskafka::client::partition::{Compression, UnknownTopicHandling};
 use rskafka::record::Record;
 use serde::Serialize;
+use tokio::sync::Notify;
 use tokio::time::Instant;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_client::HealthClient;
@@ -23,6 +24,9 @@ use oms_common::db::{self, DbPool};
 use oms_common::kafka;
 use oms_common::outbox::{self, RELAY_BATCH};
 use prost::Message;
+
+use payment_service::provider::SimulatedProvider;
+use payment_service::settlement::{ProviderPolicy, Settlement};
 
 use crate::cli::CeilingSettings;
 use crate::driver::order_request;
@@ -125,7 +129,13 @@ pub async fn broker(brokers: &str, settings: &CeilingSettings) -> anyhow::Result
     };
     let client = kafka::connect(&config, "oms-loadgen").await?;
     let topic = format!("bench-ceiling-{}", Uuid::new_v4().simple());
-    kafka::ensure_topics(&client, std::slice::from_ref(&topic), settings.partitions).await?;
+    kafka::ensure_topics(
+        &client,
+        std::slice::from_ref(&topic),
+        settings.partitions,
+        1,
+    )
+    .await?;
     let duration = Duration::from_secs_f64(settings.ceiling_duration);
     let mut partitions = Vec::new();
     for partition in 0..settings.partitions {
@@ -211,8 +221,10 @@ struct Pipeline {
     payments: DbPool,
     notifications: DbPool,
     order_events: order_service::events::OrderEvents,
-    payment_events:
-        payment_service::events::PaymentEvents<payment_service::provider::SimulatedProvider>,
+    payment_events: payment_service::events::PaymentEvents,
+    /// Settles the payments the payment stage records as pending, as the
+    /// payment service's worker does after each commit.
+    settlement: Arc<Settlement<SimulatedProvider>>,
     offsets: BTreeMap<String, i64>,
 }
 
@@ -269,6 +281,7 @@ async fn relay(pool: &DbPool) -> anyhow::Result<Vec<InboundRecord>> {
                 offset: 0,
                 key: Some(row.message_key),
                 payload: row.payload,
+                timestamp: chrono::Utc::now(),
                 headers: row
                     .header_names
                     .into_iter()
@@ -299,9 +312,11 @@ impl Pipeline {
             url: url.clone(),
             pool_size: partitions.max(1) as u32 + 1,
         };
+        let payments = db::pool(&config, payment);
         Ok(Self {
             orders: db::pool(&config, order),
-            payments: db::pool(&config, payment),
+            settlement: settlement(payments.clone()),
+            payments,
             notifications: db::pool(&config, notification),
             order_events: order_events(),
             payment_events: payment_events(),
@@ -321,6 +336,7 @@ impl Pipeline {
                     key: record.key,
                     payload: record.value.unwrap_or_default(),
                     headers: record.headers,
+                    timestamp: record.timestamp,
                 }
             })
             .collect();
@@ -330,6 +346,7 @@ impl Pipeline {
             notifications,
             order_events,
             payment_events,
+            settlement,
             offsets,
         } = self;
         let notification_events = notification_service::events::NotificationEvents;
@@ -361,6 +378,7 @@ impl Pipeline {
             batch,
         )
         .await?;
+        settlement.settle_all_pending().await?;
         let paid = relay(payments).await?;
         consume(
             offsets,
@@ -391,17 +409,25 @@ fn order_events() -> order_service::events::OrderEvents {
     }
 }
 
-fn payment_events()
--> payment_service::events::PaymentEvents<payment_service::provider::SimulatedProvider> {
+fn payment_events() -> payment_service::events::PaymentEvents {
     payment_service::events::PaymentEvents {
-        provider: payment_service::provider::SimulatedProvider {
+        settlement_wakeup: Arc::new(Notify::new()),
+    }
+}
+
+fn settlement(payments: DbPool) -> Arc<Settlement<SimulatedProvider>> {
+    Arc::new(Settlement {
+        pool: payments,
+        provider: SimulatedProvider {
             decline_above_minor: i64::MAX,
-            decline_customers: Default::default(),
+            ..SimulatedProvider::default()
         },
+        policy: ProviderPolicy::default(),
         payment_succeeded_topic: "payment-succeeded".into(),
         payment_failed_topic: "payment-failed".into(),
         source: "/bench",
-    }
+        relay_wakeup: Arc::new(Notify::new()),
+    })
 }
 
 /// Runs the services' transactions for whole orders, in a scratch database

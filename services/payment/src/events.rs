@@ -1,20 +1,24 @@
-//! What the payment service does with `process-payment`: ask the provider,
-//! record the payment (completed or declined, once per order) and announce
-//! the outcome on `payment-succeeded` or `payment-failed`.
+//! What the payment service does with `process-payment`: record the
+//! payment as PENDING, once per order, in the batch's transaction. Nothing
+//! is asked of the provider and nothing is announced here; the settlement
+//! worker (`settlement`), woken after each commit, does both outside any
+//! transaction. So a retried batch asks no one, and a redelivered request
+//! finds the order's payment recorded and changes nothing.
 
-use chrono::Utc;
+use std::sync::Arc;
+
 use diesel::QueryResult;
 use diesel_async::AsyncPgConnection;
+use tokio::sync::Notify;
 use uuid::Uuid;
 
 use oms_api::Event;
 use oms_api::money;
-use oms_api::orders::events::v1::{PaymentFailed, PaymentSucceeded, ProcessPayment};
+use oms_api::orders::events::v1::ProcessPayment;
 use oms_common::consumer::{EventHandler, InboundRecord, Rejection};
 use oms_common::outbox::OutboxMessage;
 
-use crate::provider::{Charge, Decision, PaymentProvider};
-use crate::repository::{self, NewPayment, STATUS_COMPLETED, STATUS_DECLINED};
+use crate::repository::{self, NewPayment, STATUS_PENDING};
 
 /// A payment request that passed validation.
 #[derive(Debug, Clone)]
@@ -25,15 +29,12 @@ pub struct PaymentRequest {
     pub currency_code: String,
 }
 
-pub struct PaymentEvents<P> {
-    pub provider: P,
-    /// Full names of the `payment-succeeded` and `payment-failed` topics.
-    pub payment_succeeded_topic: String,
-    pub payment_failed_topic: String,
-    pub source: &'static str,
+pub struct PaymentEvents {
+    /// Wakes the settlement worker once a batch's payments are committed.
+    pub settlement_wakeup: Arc<Notify>,
 }
 
-impl<P: PaymentProvider> EventHandler for PaymentEvents<P> {
+impl EventHandler for PaymentEvents {
     type Event = PaymentRequest;
 
     fn decode(&self, record: &InboundRecord) -> Result<PaymentRequest, Rejection> {
@@ -52,95 +53,32 @@ impl<P: PaymentProvider> EventHandler for PaymentEvents<P> {
         conn: &mut AsyncPgConnection,
         requests: Vec<PaymentRequest>,
     ) -> QueryResult<Vec<OutboxMessage>> {
-        let new_payments: Vec<NewPayment> = requests
-            .into_iter()
-            .map(|request| self.decide(request))
-            .collect();
-        let mut inserted = repository::insert_new(conn, &new_payments).await?;
-        let mut outbox = Vec::new();
-        for payment in new_payments {
-            // Of a request repeated within the batch, only the payment that
-            // was recorded is announced.
-            if !inserted.remove(&payment.payment_id) {
-                tracing::debug!(order_id = %payment.order_id, "duplicate process-payment ignored");
-                continue;
-            }
-            outbox.push(self.announce(payment));
+        let new_payments: Vec<NewPayment> = requests.into_iter().map(pending).collect();
+        let recorded = repository::insert_new(conn, &new_payments).await?;
+        if recorded < new_payments.len() {
+            tracing::debug!(
+                duplicates = new_payments.len() - recorded,
+                "process-payment for orders with a payment ignored"
+            );
         }
-        Ok(outbox)
+        Ok(Vec::new())
+    }
+
+    fn committed(&self) {
+        self.settlement_wakeup.notify_one();
     }
 }
 
-impl<P: PaymentProvider> PaymentEvents<P> {
-    /// Asks the provider and describes the payment to record.
-    fn decide(&self, request: PaymentRequest) -> NewPayment {
-        let charge = Charge {
-            customer_id: &request.customer_id,
-            amount_minor: request.amount_minor,
-            currency_code: &request.currency_code,
-        };
-        let decision = self.provider.decide(charge);
-        NewPayment {
-            payment_id: Uuid::now_v7(),
-            order_id: request.order_id,
-            customer_id: request.customer_id,
-            amount_minor: request.amount_minor,
-            currency_code: request.currency_code,
-            status: match decision {
-                Decision::Approved => STATUS_COMPLETED,
-                Decision::Declined { .. } => STATUS_DECLINED,
-            },
-            decline_reason: match &decision {
-                Decision::Approved => None,
-                Decision::Declined { reason } => Some(reason.clone()),
-            },
-        }
-    }
-}
-
-impl<P> PaymentEvents<P> {
-    /// The event that tells the others how the payment went.
-    fn announce(&self, payment: NewPayment) -> OutboxMessage {
-        let time = Some(oms_api::time::to_timestamp(Utc::now()));
-        let amount = Some(money::from_minor_units(
-            &payment.currency_code,
-            payment.amount_minor,
-        ));
-        let order_id = payment.order_id.to_string();
-        match payment.decline_reason {
-            None => {
-                tracing::info!(%order_id, payment_id = %payment.payment_id, "payment completed");
-                let event = PaymentSucceeded {
-                    order_id: order_id.clone(),
-                    payment_id: payment.payment_id.to_string(),
-                    customer_id: payment.customer_id,
-                    amount,
-                    complete_time: time,
-                };
-                OutboxMessage::event(
-                    self.payment_succeeded_topic.clone(),
-                    self.source,
-                    &order_id,
-                    &event,
-                )
-            }
-            Some(reason) => {
-                tracing::info!(%order_id, %reason, "payment declined");
-                let event = PaymentFailed {
-                    order_id: order_id.clone(),
-                    customer_id: payment.customer_id,
-                    amount,
-                    reason,
-                    fail_time: time,
-                };
-                OutboxMessage::event(
-                    self.payment_failed_topic.clone(),
-                    self.source,
-                    &order_id,
-                    &event,
-                )
-            }
-        }
+/// The payment to record for a request; its id is chosen here, once, since
+/// a later request for the same order inserts nothing.
+fn pending(request: PaymentRequest) -> NewPayment {
+    NewPayment {
+        payment_id: Uuid::now_v7(),
+        order_id: request.order_id,
+        customer_id: request.customer_id,
+        amount_minor: request.amount_minor,
+        currency_code: request.currency_code,
+        status: STATUS_PENDING,
     }
 }
 

@@ -1,12 +1,31 @@
 //! The payment provider: who decides whether a payment goes through.
 //!
+//! A provider is called outside any database transaction, with the order id
+//! as the idempotency key. A key it has seen answers with that key's first
+//! decision and charges nothing again, so calling again after a lost answer
+//! or a crash can never charge an order twice. A real provider plugs in by
+//! implementing [`PaymentProvider`] over its own idempotent API.
+//!
 //! The built-in provider is a deterministic simulator, so the whole flow,
 //! declines included, can run and be tested without an outside service. It
 //! declines when the amount exceeds `PAYMENT_DECLINE_ABOVE` (a decimal in
 //! the order's currency, default 10000.00) or the customer is listed in
-//! `PAYMENT_DECLINE_CUSTOMERS` (comma-separated, default none).
+//! `PAYMENT_DECLINE_CUSTOMERS` (comma-separated, default none). It keeps a
+//! [`Ledger`] of calls and decisions per key, shared by its clones.
+//!
+//! `PAYMENT_SIMULATOR_FAULT` makes it misbehave, to exercise the caller:
+//! - `none` (the default): every call answers at once;
+//! - `slow:<ms>`: every call answers after `<ms>` milliseconds;
+//! - `fail:<n>`: the first `n` calls for each key fail, charging nothing;
+//! - `timeout:<n>`: the first `n` calls for each key charge and then never
+//!   answer, as when the answer is lost on its way back.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use uuid::Uuid;
 
 use oms_common::config::{ConfigError, var};
 
@@ -25,14 +44,94 @@ pub struct Charge<'a> {
     pub currency_code: &'a str,
 }
 
+/// A call that got no decision; whether it charged is unknown, so the
+/// caller asks again with the same key.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProviderError {
+    #[error("payment provider is unavailable: {0}")]
+    Unavailable(String),
+}
+
 pub trait PaymentProvider: Send + Sync + 'static {
-    fn decide(&self, charge: Charge<'_>) -> Decision;
+    /// Charges the payment, once per `idempotency_key`: a key seen before
+    /// answers with its first decision and charges nothing. May never
+    /// answer; the caller bounds it with a timeout.
+    fn charge(
+        &self,
+        idempotency_key: Uuid,
+        charge: Charge<'_>,
+    ) -> impl Future<Output = Result<Decision, ProviderError>> + Send;
+}
+
+/// How the simulator misbehaves (`PAYMENT_SIMULATOR_FAULT`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Fault {
+    #[default]
+    None,
+    Slow(Duration),
+    Fail(u32),
+    Timeout(u32),
+}
+
+impl Fault {
+    fn parse(raw: &str) -> Option<Self> {
+        if raw == "none" {
+            return Some(Self::None);
+        }
+        let (kind, number) = raw.split_once(':')?;
+        let number: u32 = number.parse().ok()?;
+        match kind {
+            "slow" => Some(Self::Slow(Duration::from_millis(number.into()))),
+            "fail" => Some(Self::Fail(number)),
+            "timeout" => Some(Self::Timeout(number)),
+            _ => None,
+        }
+    }
+}
+
+/// What the simulator remembers per idempotency key. Clones share it, so a
+/// test keeps one and reads what the running service did.
+#[derive(Debug, Clone, Default)]
+pub struct Ledger(Arc<Mutex<HashMap<Uuid, KeyEntry>>>);
+
+#[derive(Debug, Default)]
+struct KeyEntry {
+    calls: u32,
+    charges: u32,
+    decision: Option<Decision>,
+}
+
+impl Ledger {
+    /// Calls made with the key, answered or not.
+    pub fn calls(&self, key: Uuid) -> u32 {
+        self.lock().get(&key).map_or(0, |entry| entry.calls)
+    }
+
+    /// Decisions taken for the key; a repeated key replays its decision and
+    /// is not counted again.
+    pub fn charges(&self, key: Uuid) -> u32 {
+        self.lock().get(&key).map_or(0, |entry| entry.charges)
+    }
+
+    /// The key's decision, once a call for it has charged.
+    pub fn decision(&self, key: Uuid) -> Option<Decision> {
+        self.lock()
+            .get(&key)
+            .and_then(|entry| entry.decision.clone())
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HashMap<Uuid, KeyEntry>> {
+        // Entries are updated whole, so a panic elsewhere leaves them valid.
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
 }
 
 #[derive(Debug, Clone)]
 pub struct SimulatedProvider {
     pub decline_above_minor: i64,
     pub decline_customers: HashSet<String>,
+    pub fault: Fault,
+    pub ledger: Ledger,
 }
 
 impl Default for SimulatedProvider {
@@ -40,6 +139,8 @@ impl Default for SimulatedProvider {
         Self {
             decline_above_minor: 1_000_000,
             decline_customers: HashSet::new(),
+            fault: Fault::None,
+            ledger: Ledger::default(),
         }
     }
 }
@@ -63,14 +164,24 @@ impl SimulatedProvider {
             .filter(|customer| !customer.is_empty())
             .map(str::to_owned)
             .collect();
+        let fault = match var("PAYMENT_SIMULATOR_FAULT") {
+            None => Fault::None,
+            Some(raw) => Fault::parse(raw.trim()).ok_or_else(|| {
+                ConfigError::new(
+                    "PAYMENT_SIMULATOR_FAULT",
+                    &raw,
+                    "expected none, slow:<ms>, fail:<n> or timeout:<n>",
+                )
+            })?,
+        };
         Ok(Self {
             decline_above_minor,
             decline_customers,
+            fault,
+            ledger: Ledger::default(),
         })
     }
-}
 
-impl PaymentProvider for SimulatedProvider {
     fn decide(&self, charge: Charge<'_>) -> Decision {
         if self.decline_customers.contains(charge.customer_id) {
             return Decision::Declined {
@@ -89,6 +200,58 @@ impl PaymentProvider for SimulatedProvider {
             };
         }
         Decision::Approved
+    }
+
+    /// Records the call under its key and works out its answer; no await
+    /// happens while the ledger is locked.
+    fn answer(&self, key: Uuid, charge: Charge<'_>) -> Answer {
+        let mut ledger = self.ledger.lock();
+        let entry = ledger.entry(key).or_default();
+        entry.calls += 1;
+        let calls = entry.calls;
+        if matches!(self.fault, Fault::Fail(n) if calls <= n) {
+            return Answer::Fail;
+        }
+        let decision = match &entry.decision {
+            Some(first) => first.clone(),
+            None => {
+                let decision = self.decide(charge);
+                entry.charges += 1;
+                entry.decision = Some(decision.clone());
+                decision
+            }
+        };
+        tracing::debug!(idempotency_key = %key, calls, ?decision, "simulated provider called");
+        match self.fault {
+            Fault::Timeout(n) if calls <= n => Answer::Lost,
+            Fault::Slow(delay) => Answer::Late(decision, delay),
+            _ => Answer::Now(decision),
+        }
+    }
+}
+
+enum Answer {
+    Now(Decision),
+    Late(Decision, Duration),
+    Fail,
+    Lost,
+}
+
+impl PaymentProvider for SimulatedProvider {
+    async fn charge(
+        &self,
+        idempotency_key: Uuid,
+        charge: Charge<'_>,
+    ) -> Result<Decision, ProviderError> {
+        match self.answer(idempotency_key, charge) {
+            Answer::Now(decision) => Ok(decision),
+            Answer::Late(decision, delay) => {
+                tokio::time::sleep(delay).await;
+                Ok(decision)
+            }
+            Answer::Fail => Err(ProviderError::Unavailable("simulated failure".into())),
+            Answer::Lost => std::future::pending().await,
+        }
     }
 }
 
@@ -136,10 +299,25 @@ mod tests {
     }
 
     #[test]
+    fn faults_parse_from_their_documented_spelling() {
+        assert_eq!(Fault::parse("none"), Some(Fault::None));
+        assert_eq!(
+            Fault::parse("slow:250"),
+            Some(Fault::Slow(Duration::from_millis(250)))
+        );
+        assert_eq!(Fault::parse("fail:2"), Some(Fault::Fail(2)));
+        assert_eq!(Fault::parse("timeout:1"), Some(Fault::Timeout(1)));
+        for bad in ["", "slow", "slow:", "fail:-1", "timeout:x", "crash:1"] {
+            assert_eq!(Fault::parse(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
     fn simulator_declines_above_the_limit_and_listed_customers() {
         let provider = SimulatedProvider {
             decline_above_minor: 10_000,
             decline_customers: ["mallory".to_owned()].into(),
+            ..SimulatedProvider::default()
         };
         assert_eq!(provider.decide(charge("alice", 10_000)), Decision::Approved);
         assert_eq!(
@@ -152,5 +330,62 @@ mod tests {
             provider.decide(charge("mallory", 1)),
             Decision::Declined { .. }
         ));
+    }
+
+    #[tokio::test]
+    async fn a_repeated_key_replays_its_first_decision_without_charging_again() {
+        let provider = SimulatedProvider {
+            decline_above_minor: 10_000,
+            ..SimulatedProvider::default()
+        };
+        let key = Uuid::now_v7();
+        assert_eq!(
+            provider.charge(key, charge("alice", 1)).await,
+            Ok(Decision::Approved)
+        );
+        // Same key, different contents: still the first decision.
+        assert_eq!(
+            provider.charge(key, charge("alice", 99_999)).await,
+            Ok(Decision::Approved)
+        );
+        assert_eq!(
+            (provider.ledger.calls(key), provider.ledger.charges(key)),
+            (2, 1)
+        );
+    }
+
+    #[tokio::test]
+    async fn failing_calls_charge_nothing_and_lost_answers_charge_once() {
+        let failing = SimulatedProvider {
+            fault: Fault::Fail(1),
+            ..SimulatedProvider::default()
+        };
+        let key = Uuid::now_v7();
+        assert!(failing.charge(key, charge("bob", 1)).await.is_err());
+        assert_eq!(failing.ledger.decision(key), None);
+        assert_eq!(
+            failing.charge(key, charge("bob", 1)).await,
+            Ok(Decision::Approved)
+        );
+
+        let losing = SimulatedProvider {
+            fault: Fault::Timeout(1),
+            ..SimulatedProvider::default()
+        };
+        let lost = tokio::time::timeout(
+            Duration::from_millis(20),
+            losing.charge(key, charge("bob", 1)),
+        )
+        .await;
+        assert!(lost.is_err(), "the first call never answers");
+        assert_eq!(losing.ledger.decision(key), Some(Decision::Approved));
+        assert_eq!(
+            losing.charge(key, charge("bob", 1)).await,
+            Ok(Decision::Approved)
+        );
+        assert_eq!(
+            (losing.ledger.calls(key), losing.ledger.charges(key)),
+            (2, 1)
+        );
     }
 }

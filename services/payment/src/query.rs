@@ -10,7 +10,7 @@ use oms_api::time::to_timestamp;
 use oms_common::db::{DbError, DbPool};
 
 use crate::error::PaymentError;
-use crate::repository::{self, PaymentRow, STATUS_COMPLETED, STATUS_DECLINED};
+use crate::repository::{self, PaymentRow, STATUS_COMPLETED, STATUS_DECLINED, STATUS_PENDING};
 
 pub struct PaymentQueries {
     pub pool: DbPool,
@@ -30,6 +30,7 @@ impl PaymentQueries {
 
 fn into_proto(row: PaymentRow) -> Payment {
     let status = match row.status.as_str() {
+        STATUS_PENDING => PaymentStatus::Pending,
         STATUS_COMPLETED => PaymentStatus::Completed,
         STATUS_DECLINED => PaymentStatus::Declined,
         _ => PaymentStatus::Unspecified,

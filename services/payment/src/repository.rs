@@ -1,6 +1,8 @@
 //! Reads and writes of the `payments` table.
-
-use std::collections::HashSet;
+//!
+//! A payment is inserted PENDING, once per order, and leaves PENDING once,
+//! for COMPLETED or DECLINED: every settling write is conditional on the
+//! row still being PENDING, so only one of several settlers records it.
 
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
@@ -9,9 +11,11 @@ use uuid::Uuid;
 
 use crate::schema::payments;
 
+pub const STATUS_PENDING: &str = "PENDING";
 pub const STATUS_COMPLETED: &str = "COMPLETED";
 pub const STATUS_DECLINED: &str = "DECLINED";
 
+/// A payment as first recorded: PENDING, before the provider is asked.
 #[derive(Debug, Clone, Insertable)]
 #[diesel(table_name = payments)]
 pub struct NewPayment {
@@ -21,7 +25,6 @@ pub struct NewPayment {
     pub amount_minor: i64,
     pub currency_code: String,
     pub status: &'static str,
-    pub decline_reason: Option<String>,
 }
 
 #[derive(Debug, Clone, Queryable, Selectable)]
@@ -34,6 +37,8 @@ pub struct PaymentRow {
     pub currency_code: String,
     pub status: String,
     pub decline_reason: Option<String>,
+    /// Provider calls made; while PENDING, the calls that got no answer.
+    pub attempts: i32,
     pub create_time: DateTime<Utc>,
 }
 
@@ -55,21 +60,84 @@ pub async fn find_by_order(
 const INSERT_CHUNK: usize = 1_000;
 
 /// Records the payments of orders that have none yet, a thousand rows per
-/// statement; returns the ids of the payments it recorded.
+/// statement; returns how many it recorded. An order's first payment id
+/// stays its payment id.
 pub async fn insert_new(
     conn: &mut AsyncPgConnection,
     new_payments: &[NewPayment],
-) -> QueryResult<HashSet<Uuid>> {
-    let mut inserted = HashSet::with_capacity(new_payments.len());
+) -> QueryResult<usize> {
+    let mut inserted = 0;
     for chunk in new_payments.chunks(INSERT_CHUNK) {
-        let ids: Vec<Uuid> = diesel::insert_into(payments::table)
+        inserted += diesel::insert_into(payments::table)
             .values(chunk)
             .on_conflict(payments::order_id)
             .do_nothing()
-            .returning(payments::payment_id)
-            .get_results(conn)
+            .execute(conn)
             .await?;
-        inserted.extend(ids);
     }
     Ok(inserted)
+}
+
+/// The oldest `limit` pending payments, except those of `skip`.
+pub async fn load_pending(
+    conn: &mut AsyncPgConnection,
+    skip: &[Uuid],
+    limit: i64,
+) -> QueryResult<Vec<PaymentRow>> {
+    payments::table
+        .filter(payments::status.eq(STATUS_PENDING))
+        .filter(payments::order_id.ne_all(skip))
+        .order(payments::create_time)
+        .limit(limit)
+        .select(PaymentRow::as_select())
+        .load(conn)
+        .await
+}
+
+/// Counts a provider call that got no answer; returns the calls counted so
+/// far, or `None` when the payment is no longer pending.
+pub async fn count_unanswered_call(
+    conn: &mut AsyncPgConnection,
+    order_id: Uuid,
+) -> QueryResult<Option<i32>> {
+    diesel::update(
+        payments::table
+            .filter(payments::order_id.eq(order_id))
+            .filter(payments::status.eq(STATUS_PENDING)),
+    )
+    .set((
+        payments::attempts.eq(payments::attempts + 1),
+        payments::update_time.eq(diesel::dsl::now),
+    ))
+    .returning(payments::attempts)
+    .get_result(conn)
+    .await
+    .optional()
+}
+
+/// Moves a pending payment to `status` (COMPLETED, or DECLINED with a
+/// reason), counting `answered_calls` more calls; returns the settled row,
+/// or `None` when it was not pending any more.
+pub async fn settle(
+    conn: &mut AsyncPgConnection,
+    order_id: Uuid,
+    status: &'static str,
+    decline_reason: Option<&str>,
+    answered_calls: i32,
+) -> QueryResult<Option<PaymentRow>> {
+    diesel::update(
+        payments::table
+            .filter(payments::order_id.eq(order_id))
+            .filter(payments::status.eq(STATUS_PENDING)),
+    )
+    .set((
+        payments::status.eq(status),
+        payments::decline_reason.eq(decline_reason),
+        payments::attempts.eq(payments::attempts + answered_calls),
+        payments::update_time.eq(diesel::dsl::now),
+    ))
+    .returning(PaymentRow::as_returning())
+    .get_result(conn)
+    .await
+    .optional()
 }

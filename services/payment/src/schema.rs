@@ -11,5 +11,7 @@ diesel::table! {
         status -> Text,
         create_time -> Timestamptz,
         decline_reason -> Nullable<Text>,
+        attempts -> Int4,
+        update_time -> Timestamptz,
     }
 }

@@ -1,32 +1,38 @@
 //! Builds and runs the payment service.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use anyhow::Context;
 use diesel_migrations::{EmbeddedMigrations, embed_migrations};
 use tokio::net::TcpListener;
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use oms_api::payments::v1::payment_service_server::PaymentServiceServer;
 use oms_common::config::ConfigError;
 use oms_common::db;
 use oms_common::grpc::MAX_REQUEST_BYTES;
-use oms_common::service::{EventService, ServiceConfig};
+use oms_common::service::{EventService, ServiceConfig, Worker};
 use oms_common::topics::{PAYMENT_FAILED, PAYMENT_SUCCEEDED, PROCESS_PAYMENT, TopicNames};
 
 use crate::events::PaymentEvents;
 use crate::provider::SimulatedProvider;
 use crate::query::PaymentQueries;
+use crate::settlement::{ProviderPolicy, Settlement};
 
 pub const SERVICE_NAME: &str = "payment-service";
 pub const SCHEMA: &str = "payment_service";
 pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("../../migrations/payment");
+const SOURCE: &str = "/payment-service";
 
-/// The shared service settings plus the payment provider's.
+/// The shared service settings plus the payment provider's and how it is
+/// called.
 #[derive(Debug, Clone)]
 pub struct PaymentConfig {
     pub service: ServiceConfig,
     pub provider: SimulatedProvider,
+    pub provider_policy: ProviderPolicy,
 }
 
 pub struct Application {
@@ -43,6 +49,7 @@ impl Application {
                 "PAYMENT_DATABASE_URL",
             )?,
             provider: SimulatedProvider::from_env()?,
+            provider_policy: ProviderPolicy::from_env()?,
         })
     }
 
@@ -65,19 +72,36 @@ impl Application {
         let pool = db::pool(&self.config.service.database, SCHEMA);
         let queries = PaymentServiceServer::new(PaymentQueries { pool: pool.clone() })
             .max_decoding_message_size(MAX_REQUEST_BYTES);
+        let relay_wakeup = Arc::new(Notify::new());
+        let settlement = Arc::new(Settlement {
+            pool: pool.clone(),
+            provider: self.config.provider,
+            policy: self.config.provider_policy,
+            payment_succeeded_topic: topics.name(PAYMENT_SUCCEEDED),
+            payment_failed_topic: topics.name(PAYMENT_FAILED),
+            source: SOURCE,
+            relay_wakeup: Arc::clone(&relay_wakeup),
+        });
+        let settlement_wakeup = Arc::new(Notify::new());
+        let settling = {
+            let wakeup = Arc::clone(&settlement_wakeup);
+            Worker {
+                name: "payment settlement",
+                start: Box::new(move |stop| {
+                    Box::pin(Arc::clone(&settlement).run(Arc::clone(&wakeup), stop))
+                }),
+            }
+        };
         let service = EventService {
             name: SERVICE_NAME,
             schema: SCHEMA,
             migrations: || MIGRATIONS,
             consumes: vec![topics.name(PROCESS_PAYMENT)],
             produces: vec![topics.name(PAYMENT_SUCCEEDED), topics.name(PAYMENT_FAILED)],
-            handler: PaymentEvents {
-                provider: self.config.provider,
-                payment_succeeded_topic: topics.name(PAYMENT_SUCCEEDED),
-                payment_failed_topic: topics.name(PAYMENT_FAILED),
-                source: "/payment-service",
-            },
+            handler: PaymentEvents { settlement_wakeup },
             grpc_services: vec!["payments.v1.PaymentService"],
+            relay_wakeup,
+            workers: vec![settling],
         };
         service
             .run(

@@ -1,61 +1,22 @@
 //! The payment service against a real broker and database.
 
-use std::time::Duration;
+mod helpers;
+mod settlement;
 
-use diesel::prelude::*;
-use diesel_async::RunQueryDsl;
 use prost::Message;
 use uuid::Uuid;
 
 use oms_api::orders::events::v1::{PaymentFailed, PaymentSucceeded};
-use oms_api::payments::v1::payment_service_client::PaymentServiceClient;
-use oms_api::payments::v1::{GetPaymentRequest, Payment, PaymentStatus};
+use oms_api::payments::v1::PaymentStatus;
 use oms_api::{Event, EventEnvelope};
 use oms_common::topics::{
     PAYMENT_FAILED, PAYMENT_SUCCEEDED, PROCESS_PAYMENT, TopicNames, dead_letter_topic,
 };
-use oms_testkit::events::{self, RawRecord, committed_records, forget_offsets, record};
-use oms_testkit::service::{RunningService, service_config};
+use oms_testkit::events::{self, committed_records, forget_offsets, record};
 use oms_testkit::{TestDatabase, eventually, kafka, unique_topic_prefix};
-use payment_service::provider::SimulatedProvider;
-use payment_service::schema::payments;
-use payment_service::{Application, PaymentConfig, SCHEMA};
+use payment_service::SCHEMA;
 
-const DECLINED_CUSTOMER: &str = "mallory";
-
-const WAIT: Duration = Duration::from_secs(20);
-
-async fn start_service(db: &TestDatabase, prefix: &str) -> RunningService {
-    let provider = SimulatedProvider {
-        decline_above_minor: 1_000_000,
-        decline_customers: [DECLINED_CUSTOMER.to_owned()].into(),
-    };
-    let config = PaymentConfig {
-        service: service_config(db, prefix),
-        provider,
-    };
-    let app = Application::build(config).await.expect("build");
-    let addr = app.local_addr();
-    RunningService::start(addr, |shutdown| app.run_until(shutdown)).await
-}
-
-async fn publish(topics: &TopicNames, topic: &str, record: &RawRecord) {
-    kafka::publish(&*kafka::client().await, &topics.name(topic), record).await;
-}
-
-async fn payments_of(db: &TestDatabase, order_id: Uuid) -> Vec<(Uuid, i64, String, String)> {
-    payments::table
-        .filter(payments::order_id.eq(order_id))
-        .select((
-            payments::payment_id,
-            payments::amount_minor,
-            payments::currency_code,
-            payments::status,
-        ))
-        .load(&mut db.connect(SCHEMA).await)
-        .await
-        .expect("payments")
-}
+use helpers::{DECLINED_CUSTOMER, WAIT, get_payment, payments_of, publish, settled, start_service};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn process_payment_records_one_payment_and_announces_it() {
@@ -74,10 +35,7 @@ async fn process_payment_records_one_payment_and_announces_it() {
     )
     .await;
 
-    eventually("the payment row", WAIT, || async {
-        payments_of(&db, order_id).await.len() == 1
-    })
-    .await;
+    settled(&db, order_id).await;
     let (payment_id, amount_minor, currency, status) = payments_of(&db, order_id).await.remove(0);
     assert_eq!(
         (amount_minor, currency.as_str(), status.as_str()),
@@ -137,6 +95,7 @@ async fn redelivered_payment_requests_charge_once() {
         1,
         "one payment per order"
     );
+    settled(&db, order_id).await;
     events::wait_until_outbox_drained(&db, SCHEMA).await;
     let client = kafka::client().await;
     assert_eq!(
@@ -246,16 +205,6 @@ async fn a_declined_payment_is_recorded_once_and_announced_as_failed() {
     service.stop().await.expect("clean shutdown");
 }
 
-async fn get_payment(service: &RunningService, order_id: &str) -> Result<Payment, tonic::Status> {
-    let channel = oms_testkit::grpc::channel(service.addr).await;
-    PaymentServiceClient::new(channel)
-        .get_payment(GetPaymentRequest {
-            order_id: order_id.to_owned(),
-        })
-        .await
-        .map(tonic::Response::into_inner)
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn get_payment_shows_taken_and_declined_payments() {
     let db = TestDatabase::create().await;
@@ -268,11 +217,9 @@ async fn get_payment_shows_taken_and_declined_payments() {
         let request = events::process_payment(order_id, customer);
         publish(&topics, PROCESS_PAYMENT, &record(order_id, &request)).await;
     }
-    eventually("both payments readable", WAIT, || async {
-        get_payment(&service, &approved).await.is_ok()
-            && get_payment(&service, &declined).await.is_ok()
-    })
-    .await;
+    for order_id in [&approved, &declined] {
+        settled(&db, Uuid::parse_str(order_id).unwrap()).await;
+    }
 
     let taken = get_payment(&service, &approved).await.expect("approved");
     let rows = payments_of(&db, Uuid::parse_str(&approved).unwrap()).await;
