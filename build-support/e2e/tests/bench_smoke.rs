@@ -21,6 +21,7 @@ async fn a_short_benchmark_run_audits_clean_and_reports_every_key() {
         gateway: format!("http://{}", system.addr(GATEWAY)),
         database_url: db.url.expose().to_owned(),
         brokers: kafka::brokers().join(","),
+        topic_prefix: Some(system.prefix.clone()),
         connections: 2,
         drain_timeout: 60.0,
         out: out.clone(),

@@ -1,7 +1,7 @@
 //! The whole flow with every service as a real process: orders placed
 //! through the gateway's gRPC API reach PAID, with exactly one order row, one
-//! payment row and two notification rows each, GetOrder shows them paid, and
-//! every service shuts down cleanly on SIGTERM.
+//! payment row and two notification rows each, every event published once,
+//! GetOrder shows them paid, and every service shuts down cleanly on SIGTERM.
 
 use std::time::Duration;
 
@@ -10,7 +10,7 @@ use uuid::Uuid;
 use oms_api::google::r#type::Money;
 use oms_api::orders::v1::{CreateOrderRequest, GetOrderRequest, OrderStatus};
 use oms_testkit::TestDatabase;
-use oms_testkit::audit::assert_completed_exactly_once;
+use oms_testkit::audit::{Topics, assert_completed_exactly_once};
 use oms_testkit::system::System;
 
 const ORDERS: usize = 30;
@@ -53,7 +53,8 @@ async fn orders_placed_through_the_gateway_reach_paid_exactly_once() {
         .map(|o| Uuid::parse_str(&o.order_id).expect("uuid"))
         .collect();
 
-    assert_completed_exactly_once(&db, &ids, Duration::from_secs(60)).await;
+    let topics = Topics::on_test_broker(&system.prefix).await;
+    assert_completed_exactly_once(&db, &topics, &ids, Duration::from_secs(60)).await;
     let mut client = client.clone();
     for order in &accepted {
         let found = client

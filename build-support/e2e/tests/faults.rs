@@ -15,7 +15,7 @@ use uuid::Uuid;
 use oms_api::google::r#type::Money;
 use oms_api::orders::v1::order_service_client::OrderServiceClient;
 use oms_api::orders::v1::{CreateOrderRequest, GetOrderRequest};
-use oms_testkit::audit::assert_completed_exactly_once;
+use oms_testkit::audit::{Topics, assert_effects_exactly_once};
 use oms_testkit::broker::TestBroker;
 use oms_testkit::grpc::{self, ServingStatus};
 use oms_testkit::system::{GATEWAY, NOTIFICATION, ORDER, PAYMENT, System};
@@ -116,7 +116,8 @@ async fn orders_survive_repeated_sigkills_of_every_downstream_service() {
         "accepted {} orders in {load_time:?}; SIGKILLs: {kills:?}",
         accepted.len()
     );
-    assert_completed_exactly_once(&db, &accepted, Duration::from_secs(180)).await;
+    let topics = Topics::on_test_broker(&system.prefix).await;
+    assert_effects_exactly_once(&db, &topics, &accepted, Duration::from_secs(180)).await;
     system.shut_down();
 }
 
@@ -165,7 +166,8 @@ async fn broker_outage_gives_unavailable_and_every_accepted_order_completes_afte
             .await;
     }
     accepted.extend(create_orders(&client, 100..120).await);
-    assert_completed_exactly_once(&db, &accepted, Duration::from_secs(120)).await;
+    let topics = Topics::on(&broker.addr.to_string(), &prefix).await;
+    assert_effects_exactly_once(&db, &topics, &accepted, Duration::from_secs(120)).await;
     system.shut_down();
 }
 
@@ -222,6 +224,7 @@ async fn database_outage_pauses_the_flow_and_every_order_completes_after_it() {
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
 
     cut_database(&db, true).await;
-    assert_completed_exactly_once(&db, &accepted, Duration::from_secs(120)).await;
+    let topics = Topics::on_test_broker(&system.prefix).await;
+    assert_effects_exactly_once(&db, &topics, &accepted, Duration::from_secs(120)).await;
     system.shut_down();
 }

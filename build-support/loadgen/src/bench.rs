@@ -37,6 +37,7 @@ pub async fn run_phase(
     stop: Stop,
 ) -> anyhow::Result<PhaseReport> {
     let run = Uuid::new_v4().simple().to_string()[..8].to_owned();
+    let topics = audit::PhaseTopics::mark(target).await?;
     let progress = Arc::new(Progress::default());
     let tracker = Arc::new(Mutex::new(Tracker::start()));
     let stop_progress =
@@ -85,7 +86,7 @@ pub async fn run_phase(
                 .finish()
         })
         .unwrap_or_default();
-    let audit = audit::audit(&mut conn, &sent.accepted).await?;
+    let audit = audit::audit(&mut conn, &topics, &sent.accepted).await?;
     let e2e = audit::end_to_end_latency(&mut conn, &sent.accepted).await?;
     Ok(PhaseReport {
         name: name.to_owned(),

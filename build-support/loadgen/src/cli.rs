@@ -35,9 +35,13 @@ pub struct Target {
     /// end-to-end latency).
     #[arg(long, default_value = "postgres://postgres@127.0.0.1:5432/orders")]
     pub database_url: String,
-    /// Kafka bootstrap brokers, for the broker ceiling.
+    /// Kafka bootstrap brokers, for the broker ceiling and the audit.
     #[arg(long, default_value = "127.0.0.1:9092")]
     pub brokers: String,
+    /// The prefix of the system's topics, which the audit reads back; by
+    /// default `KAFKA_TOPIC_PREFIX`, as the services read it.
+    #[arg(long)]
+    pub topic_prefix: Option<String>,
     /// gRPC connections to spread the load over.
     #[arg(long, default_value_t = 4)]
     pub connections: usize,

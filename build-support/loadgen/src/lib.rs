@@ -5,8 +5,9 @@
 //! concurrency (throughput), a step search for the highest sustainable
 //! rate, and the machine's ceilings. Every phase ends by waiting for the
 //! pipeline to drain and auditing, in PostgreSQL, that each accepted order
-//! reached a terminal state exactly once. `run` is one phase on its own and
-//! `ceilings` the ceilings alone.
+//! reached a terminal state exactly once, and, on the broker, that nothing
+//! was published twice. `run` is one phase on its own and `ceilings` the
+//! ceilings alone.
 
 pub mod audit;
 pub mod bench;

@@ -67,7 +67,7 @@ impl OrderWatch {
     async fn next_change(&mut self) -> Result<Order, OrderError> {
         let unrecorded_until = self.unrecorded_until;
         loop {
-            let latest = self.subscription.latest.borrow_and_update().clone();
+            let latest = self.subscription.latest().borrow_and_update().clone();
             if let Some(snapshot) = latest.filter(|s| s.version > self.sent_version) {
                 self.sent_version = snapshot.version;
                 self.finished = snapshot.is_terminal;
@@ -85,7 +85,7 @@ impl OrderWatch {
                 }
             };
             tokio::select! {
-                changed = self.subscription.latest.changed() => {
+                changed = self.subscription.latest().changed() => {
                     // The sender lives as long as any subscription to it.
                     if changed.is_err() {
                         return Err(OrderError::ShuttingDown);

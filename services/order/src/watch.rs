@@ -10,7 +10,7 @@
 //! watcher. Nothing polls: a quiet order costs no queries.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use diesel::ConnectionError;
@@ -58,23 +58,68 @@ type Latest = watch::Sender<Option<Arc<Snapshot>>>;
 #[derive(Clone)]
 pub struct OrderChanges {
     pool: DbPool,
-    watched: Arc<Mutex<HashMap<Uuid, Latest>>>,
+    watched: Registry,
+}
+
+/// One channel per watched order, present exactly while the order has a
+/// watcher: the first subscription creates it and the last one to end
+/// removes it.
+#[derive(Clone, Default)]
+struct Registry(Arc<Mutex<HashMap<Uuid, Latest>>>);
+
+impl Registry {
+    fn lock(&self) -> MutexGuard<'_, HashMap<Uuid, Latest>> {
+        // The map stays consistent even if a holder panicked: every
+        // operation on it is a single insert, remove or lookup.
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn join(&self, order_id: Uuid) -> Subscription {
+        let latest = self
+            .lock()
+            .entry(order_id)
+            .or_insert_with(|| watch::channel(None).0)
+            .subscribe();
+        Subscription {
+            order_id,
+            registry: self.clone(),
+            latest: Some(latest),
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.lock().len()
+    }
 }
 
 /// One watcher's interest in one order; it ends when this is dropped.
 pub struct Subscription {
     order_id: Uuid,
-    changes: OrderChanges,
-    pub latest: watch::Receiver<Option<Arc<Snapshot>>>,
+    registry: Registry,
+    /// Taken only by `drop`, which releases it under the registry's lock.
+    latest: Option<watch::Receiver<Option<Arc<Snapshot>>>>,
+}
+
+impl Subscription {
+    /// The order's newest snapshot, as the channel's receiving end.
+    pub fn latest(&mut self) -> &mut watch::Receiver<Option<Arc<Snapshot>>> {
+        self.latest
+            .as_mut()
+            .expect("the receiver is taken only when the subscription drops")
+    }
 }
 
 impl Drop for Subscription {
     fn drop(&mut self) {
-        let mut watched = self.changes.lock();
-        // This receiver is still alive here: one means it was the last.
+        let mut watched = self.registry.lock();
+        // The receiver goes while the lock is held, so the count is exact:
+        // of two watchers ending together, the second to take the lock sees
+        // the first one gone and removes the entry. Counting before the
+        // receiver is gone let each of them see the other and keep it.
+        drop(self.latest.take());
         if watched
             .get(&self.order_id)
-            .is_some_and(|latest| latest.receiver_count() <= 1)
+            .is_some_and(|latest| latest.receiver_count() == 0)
         {
             watched.remove(&self.order_id);
         }
@@ -85,44 +130,29 @@ impl OrderChanges {
     pub fn new(pool: DbPool) -> Self {
         Self {
             pool,
-            watched: Arc::default(),
+            watched: Registry::default(),
         }
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, Latest>> {
-        // The map stays consistent even if a holder panicked: every
-        // operation on it is a single insert, remove or lookup.
-        self.watched.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Starts following `order_id` and reads its current state, so the
     /// subscription holds it (or `None` while the order is not recorded).
     /// Subscribing before reading means no change can fall in between.
     pub async fn subscribe(&self, order_id: Uuid) -> Result<Subscription, DbError> {
-        let latest = self
-            .lock()
-            .entry(order_id)
-            .or_insert_with(|| watch::channel(None).0)
-            .subscribe();
-        let subscription = Subscription {
-            order_id,
-            changes: self.clone(),
-            latest,
-        };
+        let subscription = self.watched.join(order_id);
         self.refresh(order_id, None).await?;
         Ok(subscription)
     }
 
     /// The number of orders with at least one watcher in this process.
     pub fn watched_orders(&self) -> usize {
-        self.lock().len()
+        self.watched.len()
     }
 
     /// Reads a watched order from the database and offers it to its
     /// watchers, unless they already hold `version` or newer. Without a
     /// version (a new watcher, a reconnected listener) it always reads.
     async fn refresh(&self, order_id: Uuid, version: Option<i32>) -> Result<(), DbError> {
-        let Some(latest) = self.lock().get(&order_id).cloned() else {
+        let Some(latest) = self.watched.lock().get(&order_id).cloned() else {
             return Ok(());
         };
         let held = latest.borrow().as_ref().map(|snapshot| snapshot.version);
@@ -207,7 +237,7 @@ impl OrderChanges {
     }
 
     fn refresh_all_watched(&self) {
-        let watched: Vec<Uuid> = self.lock().keys().copied().collect();
+        let watched: Vec<Uuid> = self.watched.lock().keys().copied().collect();
         for order_id in watched {
             self.spawn_refresh(order_id, None);
         }
@@ -217,7 +247,7 @@ impl OrderChanges {
     /// notifications behind it. A failed read is retried while the order is
     /// watched: its watchers must not miss the change.
     fn spawn_refresh(&self, order_id: Uuid, version: Option<i32>) {
-        if !self.lock().contains_key(&order_id) {
+        if !self.watched.lock().contains_key(&order_id) {
             return;
         }
         let changes = self.clone();
@@ -239,7 +269,73 @@ fn parse_payload(payload: &str) -> Option<(Uuid, i32)> {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
     use super::*;
+
+    #[test]
+    fn an_order_is_forgotten_when_its_last_watcher_ends() {
+        let registry = Registry::default();
+        let order_id = Uuid::now_v7();
+        let first = registry.join(order_id);
+        let second = registry.join(order_id);
+        drop(first);
+        assert_eq!(registry.len(), 1, "one watcher is left");
+        drop(second);
+        assert_eq!(registry.len(), 0);
+        let _again = registry.join(order_id);
+        assert_eq!(registry.len(), 1);
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn no_order_stays_watched_when_its_watchers_end_at_the_same_moment() {
+        const ORDERS: usize = 200;
+        const WATCHERS: usize = 2;
+        // The window is a few instructions wide, so the test makes many
+        // attempts: with the count taken before the receiver was dropped,
+        // a few in a thousand pairs leaked.
+        const ROUNDS: usize = 50;
+        let registry = Registry::default();
+        for round in 0..ROUNDS {
+            let order_ids: Vec<Uuid> = (0..ORDERS).map(|_| Uuid::now_v7()).collect();
+            let step = Arc::new(AtomicUsize::new(0));
+            let enders: Vec<_> = (0..WATCHERS)
+                .map(|_| {
+                    let subscriptions: Vec<Subscription> =
+                        order_ids.iter().map(|&id| registry.join(id)).collect();
+                    let step = Arc::clone(&step);
+                    tokio::task::spawn_blocking(move || {
+                        end_in_step(subscriptions, &step, WATCHERS);
+                    })
+                })
+                .collect();
+            for ender in enders {
+                ender.await.expect("an ender panicked");
+            }
+            assert_eq!(registry.len(), 0, "entries left in round {round}");
+        }
+    }
+
+    /// Drops one subscription per order, in order, and waits before each
+    /// drop until all `enders` have reached it, so that every watcher of an
+    /// order ends at the same moment. A task handoff would take far longer
+    /// than the race it is meant to provoke, hence the spinning.
+    fn end_in_step(subscriptions: Vec<Subscription>, step: &AtomicUsize, enders: usize) {
+        for (index, subscription) in subscriptions.into_iter().enumerate() {
+            step.fetch_add(1, Ordering::AcqRel);
+            let mut spins = 0_u32;
+            while step.load(Ordering::Acquire) < (index + 1) * enders {
+                // Yields after a while, in case the other enders have no core.
+                if spins < 1_000 {
+                    std::hint::spin_loop();
+                    spins += 1;
+                } else {
+                    std::thread::yield_now();
+                }
+            }
+            drop(subscription);
+        }
+    }
 
     #[test]
     fn payloads_name_an_order_and_a_version() {
