@@ -102,9 +102,10 @@ pub struct Audit {
     pub completed: u64,
     /// Accepted but never terminal (after the drain timeout).
     pub lost: u64,
-    /// Ids answered twice, orders that changed state more than once, events
-    /// published more than once per type and order, and records
-    /// dead-lettered more often than their topic has consumers.
+    /// Ids answered twice, orders that changed state more than once,
+    /// payments asked of the provider more than once, events published more
+    /// than once per type and order, and records dead-lettered more often
+    /// than their topic has consumers.
     pub duplicated: u64,
     /// Completed orders per second, first acceptance to last completion,
     /// by the system's own timestamps.
@@ -128,8 +129,14 @@ pub async fn audit(
         ids,
     )
     .await?;
-    // Provider calls per order join here once the payment service records
-    // them: a second call for an order is a duplicate like these.
+    // The payment service counts its provider calls per payment.
+    let asked_twice = count(
+        conn,
+        "SELECT count(*) AS value FROM payment_service.payments \
+         WHERE order_id = ANY($1) AND attempts > 1",
+        ids,
+    )
+    .await?;
     let published_twice = topics.duplicated(ids).await?;
     let span: Millis = diesel::sql_query(
         "SELECT COALESCE(EXTRACT(EPOCH FROM max(update_time) - min(create_time)) * 1000, 0)::float8 \
@@ -143,7 +150,7 @@ pub async fn audit(
         accepted: ids.len() as u64,
         completed: completed as u64,
         lost: (distinct.len() as i64 - completed).max(0) as u64,
-        duplicated: repeated_ids + moved_twice as u64 + published_twice,
+        duplicated: repeated_ids + moved_twice as u64 + asked_twice as u64 + published_twice,
         completed_per_s: if span.value > 0.0 {
             completed as f64 * 1000.0 / span.value
         } else {

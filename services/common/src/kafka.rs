@@ -8,7 +8,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rskafka::BackoffConfig;
 use rskafka::client::error::{Error as RsKafkaError, ProtocolError};
@@ -160,13 +160,23 @@ pub struct KeyedRecord {
 }
 
 /// Produces keyed records, routing each to its partition. Partition clients
-/// are opened once per topic and shared.
+/// are opened once per topic and shared; the topic's partition count is
+/// read again after `PARTITIONS_REFRESH`, so partitions added to a topic are
+/// written to without a restart (as with Kafka's own clients, keys then move
+/// to the partitions the new count gives them).
 #[derive(Debug)]
 pub struct Producer {
     client: Arc<Client>,
-    partitions: RwLock<HashMap<String, Arc<[Arc<PartitionClient>]>>>,
+    /// Per topic: when its partition count was read, and its clients.
+    partitions: RwLock<HashMap<String, (Instant, PartitionClients)>>,
     compression: Compression,
 }
+
+/// The clients of a topic's partitions, indexed by partition.
+pub type PartitionClients = Arc<[Arc<PartitionClient>]>;
+
+/// How long a topic's partition count is trusted before it is read again.
+const PARTITIONS_REFRESH: Duration = Duration::from_secs(30);
 
 impl Producer {
     pub fn new(client: Arc<Client>) -> Self {
@@ -182,34 +192,51 @@ impl Producer {
     }
 
     /// The clients of every partition of `topic`, indexed by partition.
+    /// Never empty: a topic the broker reports without partitions is an
+    /// error, as a missing one is.
     pub async fn partition_clients(
         &self,
         topic: &str,
-    ) -> Result<Arc<[Arc<PartitionClient>]>, KafkaError> {
-        if let Some(clients) = self.partitions.read().await.get(topic) {
+    ) -> Result<PartitionClients, KafkaError> {
+        let cached = self.partitions.read().await.get(topic).cloned();
+        if let Some((read_at, clients)) = &cached
+            && read_at.elapsed() < PARTITIONS_REFRESH
+        {
             return Ok(Arc::clone(clients));
         }
-        let count = self
-            .client
-            .list_topics()
-            .await?
+        let listed = match self.client.list_topics().await {
+            Ok(listed) => listed,
+            // What we knew still routes records while metadata is down.
+            Err(err) => {
+                return cached
+                    .map(|(_, clients)| clients)
+                    .ok_or_else(|| KafkaError::from(err));
+            }
+        };
+        let count = listed
             .into_iter()
             .find(|t| t.name == topic)
             .map(|t| t.partitions.len())
+            .filter(|&count| count > 0)
             .ok_or_else(|| KafkaError::UnknownTopic(topic.to_owned()))?;
-        let mut clients = Vec::with_capacity(count);
-        for partition in 0..count as i32 {
-            let client = self
-                .client
-                .partition_client(topic.to_owned(), partition, UnknownTopicHandling::Error)
-                .await?;
-            clients.push(Arc::new(client));
-        }
-        let clients: Arc<[Arc<PartitionClient>]> = clients.into();
+        let clients = match cached {
+            Some((_, clients)) if clients.len() == count => clients,
+            _ => {
+                let mut clients = Vec::with_capacity(count);
+                for partition in 0..count as i32 {
+                    let client = self
+                        .client
+                        .partition_client(topic.to_owned(), partition, UnknownTopicHandling::Error)
+                        .await?;
+                    clients.push(Arc::new(client));
+                }
+                clients.into()
+            }
+        };
         self.partitions
             .write()
             .await
-            .insert(topic.to_owned(), Arc::clone(&clients));
+            .insert(topic.to_owned(), (Instant::now(), Arc::clone(&clients)));
         Ok(clients)
     }
 

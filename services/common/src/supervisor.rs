@@ -84,3 +84,43 @@ pub async fn supervise<F, Fut>(
         health.set_down(&name, None);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_task_that_panics_is_reported_down_then_started_again() {
+        let health = Arc::new(TaskHealth::default());
+        let runs = Arc::new(AtomicU64::new(0));
+        let shutdown = CancellationToken::new();
+        let start = {
+            let (runs, shutdown) = (Arc::clone(&runs), shutdown.clone());
+            move || {
+                let run = runs.fetch_add(1, Ordering::SeqCst);
+                let shutdown = shutdown.clone();
+                async move {
+                    assert!(run > 0, "the first run fails");
+                    shutdown.cancelled().await;
+                }
+            }
+        };
+        let supervisor = tokio::spawn(supervise(
+            "flaky".to_owned(),
+            Arc::clone(&health),
+            shutdown.clone(),
+            start,
+        ));
+        // Inside the first backoff (50 ms): down, and saying why.
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        let why = health.check().unwrap_err();
+        assert!(why.contains("flaky") && why.contains("panicked"), "{why}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(health.check(), Ok(()));
+        assert_eq!((health.restarts(), runs.load(Ordering::SeqCst)), (1, 2));
+        shutdown.cancel();
+        supervisor.await.expect("supervisor");
+    }
+}

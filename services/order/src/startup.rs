@@ -11,7 +11,7 @@ use oms_api::orders::internal::v1::order_query_service_server::OrderQueryService
 use oms_common::config::ConfigError;
 use oms_common::db;
 use oms_common::grpc::MAX_REQUEST_BYTES;
-use oms_common::service::{EventService, ServiceConfig};
+use oms_common::service::{EventService, ServiceConfig, Worker};
 use oms_common::topics::{
     ORDER_CREATED, PAYMENT_FAILED, PAYMENT_SUCCEEDED, PROCESS_PAYMENT, TopicNames,
 };
@@ -50,11 +50,15 @@ impl Application {
         let topics = TopicNames::new(self.config.kafka.topic_prefix.clone());
         let pool = db::pool(&self.config.database, SCHEMA);
         let changes = OrderChanges::new(pool.clone());
-        tokio::spawn(
-            changes
-                .clone()
-                .listen(self.config.database.url.clone(), shutdown.clone()),
-        );
+        // Supervised with the consumers; a listener that (re)starts reads
+        // every watched order again, so watchers miss nothing meanwhile.
+        let listener = {
+            let (changes, url) = (changes.clone(), self.config.database.url.clone());
+            Worker {
+                name: "order change listener",
+                start: Box::new(move |stop| Box::pin(changes.clone().listen(url.clone(), stop))),
+            }
+        };
         let queries = OrderQueryServiceServer::new(OrderQueries {
             pool: pool.clone(),
             changes,
@@ -77,7 +81,7 @@ impl Application {
             },
             grpc_services: vec!["orders.internal.v1.OrderQueryService"],
             relay_wakeup: Default::default(),
-            workers: Vec::new(),
+            workers: vec![listener],
         };
         service
             .run(

@@ -1,24 +1,6 @@
-//! The transactional outbox: events are written as rows in the same
-//! transaction as the state change that causes them, and the relay publishes
-//! them afterwards.
-//!
-//! The relay reads up to `RELAY_BATCH` rows in id order and routes each to
-//! its partition. A partition's rows go in produce requests that stay within
-//! the broker's `message.max.bytes`, sent one after another so per-key order
-//! holds; partitions and topics are written concurrently. Once the broker
-//! acknowledges a request, exactly its rows are deleted, so a later failure
-//! never makes acknowledged rows be published again. A crash between the
-//! acknowledgement and the delete does publish them again: delivery is at
-//! least once, and every consumer is idempotent, so effects happen once.
-//!
-//! A failure is transient or permanent for one row (`is_permanent`). After a
-//! transient one (broker down, timeout, topic missing) the rest of that
-//! partition waits for the next round, after a backoff, so nothing overtakes
-//! it. A row that can never be published (too large on its own, or refused
-//! by the broker as invalid) is parked: moved with its error to
-//! `outbox_parked`, logged and counted, and the rows behind it go on. When a
-//! request of several rows is refused as invalid, its rows are sent again one
-//! per request, so that only the culprit is parked.
+//! The relay: publishes the outbox in requests the broker accepts, deletes
+//! exactly what each acknowledged request carried, and parks what the broker
+//! can never take.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
@@ -26,130 +8,20 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use diesel::prelude::*;
-use diesel::sql_types::{BigInt, Text};
-use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use rskafka::client::error::{Error as RsKafkaError, ProtocolError};
 use rskafka::client::partition::{Compression, PartitionClient};
 use rskafka::record::Record;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use oms_api::{Event, EventEnvelope};
-
+use super::{OutboxRow, RELAY_BATCH, delete_published, load_pending, park};
 use crate::db::{DbError, DbPool};
 use crate::kafka::{KafkaError, Producer, RECORD_BATCH_OVERHEAD, encoded_size, partition_for_key};
 use crate::retry::Backoff;
-use crate::schema::outbox;
 
-/// How many rows the relay publishes per round.
-pub const RELAY_BATCH: i64 = 500;
 /// How often the relay looks for rows nobody woke it for, such as rows left
 /// by a previous process that crashed before publishing them.
 const RELAY_SWEEP_INTERVAL: Duration = Duration::from_millis(500);
-
-/// One event waiting to be published.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct OutboxMessage {
-    pub topic: String,
-    pub key: Vec<u8>,
-    pub payload: Vec<u8>,
-    pub headers: BTreeMap<String, Vec<u8>>,
-}
-
-impl OutboxMessage {
-    /// Wraps `event` in a new CloudEvents envelope, keyed by `order_id`.
-    pub fn event<E: Event>(topic: String, source: &str, order_id: &str, event: &E) -> Self {
-        Self {
-            topic,
-            key: order_id.as_bytes().to_vec(),
-            payload: event.encode_to_vec(),
-            headers: EventEnvelope::new::<E>(source, order_id).to_headers(),
-        }
-    }
-}
-
-#[derive(Insertable)]
-#[diesel(table_name = outbox)]
-struct NewOutboxRow<'a> {
-    topic: &'a str,
-    message_key: &'a [u8],
-    payload: &'a [u8],
-    header_names: Vec<&'a str>,
-    header_values: Vec<&'a [u8]>,
-}
-
-/// A row waiting for the relay.
-#[derive(Debug, Queryable, Selectable)]
-#[diesel(table_name = outbox)]
-pub struct OutboxRow {
-    pub id: i64,
-    pub topic: String,
-    pub message_key: Vec<u8>,
-    pub payload: Vec<u8>,
-    pub header_names: Vec<String>,
-    pub header_values: Vec<Vec<u8>>,
-}
-
-/// The oldest `limit` rows waiting to be published.
-pub async fn load_pending(conn: &mut AsyncPgConnection, limit: i64) -> QueryResult<Vec<OutboxRow>> {
-    outbox::table
-        .select(OutboxRow::as_select())
-        .order(outbox::id)
-        .limit(limit)
-        .load(conn)
-        .await
-}
-
-/// Deletes rows the broker has acknowledged.
-pub async fn delete_published(conn: &mut AsyncPgConnection, ids: &[i64]) -> QueryResult<()> {
-    diesel::delete(outbox::table.filter(outbox::id.eq_any(ids)))
-        .execute(conn)
-        .await?;
-    Ok(())
-}
-
-/// Moves row `id` from the outbox to `outbox_parked`, keeping its id, with
-/// `error` saying why it cannot be published. One statement, so the row is
-/// in exactly one of the two tables at any time.
-pub async fn park(conn: &mut AsyncPgConnection, id: i64, error: &str) -> QueryResult<()> {
-    diesel::sql_query(
-        "WITH moved AS (DELETE FROM outbox WHERE id = $1 RETURNING *) \
-         INSERT INTO outbox_parked \
-         (id, topic, message_key, payload, header_names, header_values, created_at, error) \
-         SELECT id, topic, message_key, payload, header_names, header_values, created_at, $2 \
-         FROM moved",
-    )
-    .bind::<BigInt, _>(id)
-    // PostgreSQL text cannot hold NUL, and a broker's message might.
-    .bind::<Text, _>(error.replace('\0', "\\0"))
-    .execute(conn)
-    .await?;
-    Ok(())
-}
-
-/// Writes the messages to the outbox; call inside the transaction that makes
-/// the state change they announce.
-pub async fn enqueue(conn: &mut AsyncPgConnection, messages: &[OutboxMessage]) -> QueryResult<()> {
-    if messages.is_empty() {
-        return Ok(());
-    }
-    let rows: Vec<NewOutboxRow<'_>> = messages
-        .iter()
-        .map(|message| NewOutboxRow {
-            topic: &message.topic,
-            message_key: &message.key,
-            payload: &message.payload,
-            header_names: message.headers.keys().map(String::as_str).collect(),
-            header_values: message.headers.values().map(Vec::as_slice).collect(),
-        })
-        .collect();
-    diesel::insert_into(outbox::table)
-        .values(&rows)
-        .execute(conn)
-        .await?;
-    Ok(())
-}
 
 #[derive(Debug, thiserror::Error)]
 enum RelayError {
