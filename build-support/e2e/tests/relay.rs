@@ -247,3 +247,25 @@ async fn rows_far_larger_than_one_request_are_split_and_published_once_each_in_k
         "{requests} requests, expected at least {fewest}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn more_outbox_rows_than_one_statement_can_bind_are_written_at_once() {
+    // A fetch of small poison records brings this many dead letters into one
+    // transaction: five bind parameters a row is past PostgreSQL's 65,535.
+    let harness = Harness::new().await;
+    let messages: Vec<OutboxMessage> = (0..14_000)
+        .map(|i| OutboxMessage {
+            topic: "t.dlq".into(),
+            key: format!("k{i}").into_bytes(),
+            payload: Vec::new(),
+            headers: BTreeMap::from([("dlq_reason".to_owned(), b"bad".to_vec())]),
+        })
+        .collect();
+    harness.write(&messages).await;
+    let rows: i64 = outbox_table::table
+        .count()
+        .get_result(&mut harness.db.connect(SCHEMA).await)
+        .await
+        .expect("count");
+    assert_eq!(rows, 14_000);
+}

@@ -1,5 +1,6 @@
-//! A background task that panics is started again: one bad moment of a
-//! handler does not leave its partition without a consumer.
+//! A handler that panics does not leave its partition without a consumer: a
+//! panic once is retried, a record that always makes it panic is
+//! dead-lettered, and the records behind both are applied.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -18,12 +19,13 @@ use oms_testkit::{TestDatabase, eventually, kafka, unique_topic_prefix};
 
 const SCHEMA: &str = "supervision_test";
 
-/// A handler with a bug: it panics the first time it sees `panic`.
-struct PanicsOnce {
+/// A handler with bugs: it panics the first time it sees `panic once`, and
+/// every time it sees `always panic`.
+struct Buggy {
     panicked: AtomicBool,
 }
 
-impl EventHandler for PanicsOnce {
+impl EventHandler for Buggy {
     type Event = Vec<u8>;
 
     fn decode(&self, record: &InboundRecord) -> Result<Vec<u8>, Rejection> {
@@ -35,17 +37,20 @@ impl EventHandler for PanicsOnce {
         _conn: &mut AsyncPgConnection,
         events: Vec<Vec<u8>>,
     ) -> QueryResult<Vec<OutboxMessage>> {
-        if events.iter().any(|event| event == b"panic")
+        if events.iter().any(|event| event == b"always panic") {
+            panic!("a handler bug it always hits");
+        }
+        if events.iter().any(|event| event == b"panic once")
             && !self.panicked.swap(true, Ordering::SeqCst)
         {
-            panic!("a handler bug");
+            panic!("a handler bug it hits once");
         }
         Ok(Vec::new())
     }
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_partition_consumer_that_panics_is_started_again_and_goes_on() {
+async fn a_handler_that_panics_does_not_stop_its_partition() {
     let db = TestDatabase::create().await;
     let prefix = unique_topic_prefix();
     let config = service_config(&db, &prefix);
@@ -58,7 +63,7 @@ async fn a_partition_consumer_that_panics_is_started_again_and_goes_on() {
         migrations: || db::PLATFORM_MIGRATIONS,
         consumes: vec![topic.clone()],
         produces: Vec::new(),
-        handler: PanicsOnce {
+        handler: Buggy {
             panicked: AtomicBool::new(false),
         },
         grpc_services: Vec::new(),
@@ -74,7 +79,7 @@ async fn a_partition_consumer_that_panics_is_started_again_and_goes_on() {
     .await;
 
     let client = kafka::client().await;
-    for payload in [&b"panic"[..], b"fine"] {
+    for payload in [&b"panic once"[..], b"always panic", b"fine"] {
         let record = RawRecord {
             key: b"same-partition".to_vec(),
             value: payload.to_vec(),
@@ -83,10 +88,19 @@ async fn a_partition_consumer_that_panics_is_started_again_and_goes_on() {
         kafka::publish(&client, &topic, &record).await;
     }
     eventually(
-        "both records committed after the restart",
+        "every record committed",
         Duration::from_secs(20),
-        || async { committed_records(&mut db.connect(SCHEMA).await, &topic).await == 2 },
+        || async { committed_records(&mut db.connect(SCHEMA).await, &topic).await == 3 },
     )
     .await;
+    let dlq = oms_common::topics::dead_letter_topic(&topic);
+    eventually("the dead letter", Duration::from_secs(20), || async {
+        kafka::read_topic(&client, &dlq).await.len() == 1
+    })
+    .await;
+    let letter = &kafka::read_topic(&client, &dlq).await[0].record;
+    assert_eq!(letter.value.as_deref(), Some(&b"always panic"[..]));
+    let reason = String::from_utf8_lossy(&letter.headers["dlq_reason"]).into_owned();
+    assert!(reason.contains("panicked"), "{reason}");
     running.stop().await.expect("clean shutdown");
 }

@@ -253,6 +253,7 @@ async fn consume<H: EventHandler>(
             partition as i32,
             chunk,
             *offset,
+            0,
         ));
     }
     for result in futures::future::join_all(commits).await {

@@ -194,10 +194,7 @@ impl Producer {
     /// The clients of every partition of `topic`, indexed by partition.
     /// Never empty: a topic the broker reports without partitions is an
     /// error, as a missing one is.
-    pub async fn partition_clients(
-        &self,
-        topic: &str,
-    ) -> Result<PartitionClients, KafkaError> {
+    pub async fn partition_clients(&self, topic: &str) -> Result<PartitionClients, KafkaError> {
         let cached = self.partitions.read().await.get(topic).cloned();
         if let Some((read_at, clients)) = &cached
             && read_at.elapsed() < PARTITIONS_REFRESH

@@ -221,7 +221,7 @@ impl<H: EventHandler> EventService<H> {
 }
 
 /// What health reports on: the dependencies answer, no background task is
-/// down, and no partition is stalled.
+/// down, no partition is stalled, and the outbox drains.
 struct ServiceHealth {
     pool: DbPool,
     client: Arc<Client>,
@@ -239,6 +239,25 @@ impl ServiceHealth {
             return Err("broker does not answer".into());
         }
         self.tasks.check()?;
-        self.stats.progress.check(self.stall_after)
+        self.stats.progress.check(self.stall_after)?;
+        self.outbox_drains().await
+    }
+
+    /// `Err` when the oldest event in the outbox has waited longer than the
+    /// stall time: the relay is stuck (a topic missing, a broker refusing).
+    async fn outbox_drains(&self) -> Result<(), String> {
+        let mut conn = self
+            .pool
+            .get()
+            .await
+            .map_err(|err| format!("database does not answer: {err}"))?;
+        match outbox::oldest_age(&mut conn).await {
+            Ok(Some(age)) if age >= self.stall_after => Err(format!(
+                "the outbox's oldest event has waited {}s",
+                age.as_secs()
+            )),
+            Ok(_) => Ok(()),
+            Err(err) => Err(format!("cannot read the outbox: {err}")),
+        }
     }
 }

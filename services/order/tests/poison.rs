@@ -114,7 +114,7 @@ async fn records_the_database_would_refuse_are_dead_lettered_and_the_partition_m
     );
     assert!(reasons[3].contains("create_time"), "{reasons:?}");
     assert!(
-        reasons[4].contains("the database refused the record")
+        reasons[4].contains("the record could not be applied")
             && reasons[4].contains("no_refused_products"),
         "the database's own message: {reasons:?}"
     );

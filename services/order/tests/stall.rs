@@ -79,3 +79,41 @@ async fn recorded_status(addr: std::net::SocketAddr, order_id: &str) -> i32 {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_outbox_that_does_not_drain_turns_health_not_serving() {
+    let db = TestDatabase::create().await;
+    let prefix = unique_topic_prefix();
+    let mut config = service_config(&db, &prefix);
+    config.kafka.stall_after = Duration::from_secs(2);
+    let app = Application::build(config).await.expect("build");
+    let addr = app.local_addr();
+    let service = RunningService::start(addr, |shutdown| app.run_until(shutdown)).await;
+    grpc::wait_until_serving(addr, "", Duration::from_secs(20)).await;
+
+    // An event for a topic nobody created: the relay retries it, and it
+    // waits in the outbox.
+    let mut conn = db.connect(SCHEMA).await;
+    oms_common::outbox::enqueue(
+        &mut conn,
+        &[oms_common::outbox::OutboxMessage {
+            topic: format!("{prefix}never-created"),
+            key: b"k".to_vec(),
+            payload: Vec::new(),
+            headers: Default::default(),
+        }],
+    )
+    .await
+    .expect("outbox row");
+    eventually(
+        "health to report the outbox",
+        Duration::from_secs(15),
+        || async { grpc::health(addr, "").await == Some(ServingStatus::NotServing) },
+    )
+    .await;
+    conn.batch_execute("DELETE FROM outbox")
+        .await
+        .expect("clear");
+    grpc::wait_until_serving(addr, "", Duration::from_secs(15)).await;
+    service.stop().await.expect("clean shutdown");
+}

@@ -15,6 +15,7 @@ use uuid::Uuid;
 use oms_api::Event;
 use oms_api::money;
 use oms_api::orders::events::v1::ProcessPayment;
+use oms_api::validation;
 use oms_common::consumer::{EventHandler, InboundRecord, Rejection};
 use oms_common::outbox::OutboxMessage;
 
@@ -85,10 +86,19 @@ fn pending(request: PaymentRequest) -> NewPayment {
 fn validate(request: ProcessPayment) -> Result<PaymentRequest, Rejection> {
     let order_id = Uuid::parse_str(&request.order_id)
         .map_err(|_| Rejection(format!("order_id {:?} is not a UUID", request.order_id)))?;
-    let amount = money::parse_amount(request.amount).map_err(|err| Rejection(err.to_string()))?;
-    if request.customer_id.is_empty() {
-        return Err(Rejection("customer_id is missing".into()));
+    let mut violations = Vec::new();
+    validation::check_text(
+        &mut violations,
+        "customer_id",
+        &request.customer_id,
+        validation::MAX_ID_CHARS,
+        true,
+    );
+    if let Some(amount) = &request.amount {
+        validation::check_amount(&mut violations, amount);
     }
+    Rejection::unless_valid(&violations)?;
+    let amount = money::parse_amount(request.amount).map_err(|err| Rejection(err.to_string()))?;
     Ok(PaymentRequest {
         order_id,
         customer_id: request.customer_id,
@@ -110,6 +120,22 @@ mod tests {
             amount: None,
         };
         assert_eq!(validate(request).unwrap_err().0, "amount is missing");
+    }
+
+    #[test]
+    fn payment_request_the_database_would_refuse_is_poison() {
+        let request = |customer_id: String| ProcessPayment {
+            order_id: Uuid::now_v7().to_string(),
+            customer_id,
+            amount: Some(Money {
+                currency_code: "EUR".into(),
+                units: 1,
+                nanos: 0,
+            }),
+        };
+        assert!(validate(request("c".repeat(3_000))).is_err());
+        assert!(validate(request("nul\0".into())).is_err());
+        assert!(validate(request(String::new())).is_err());
     }
 
     #[test]

@@ -94,16 +94,21 @@ pub async fn load_pending(
         .await
 }
 
-/// Counts a provider call that got no answer; returns the calls counted so
-/// far, or `None` when the payment is no longer pending.
-pub async fn count_unanswered_call(
+/// Counts a provider call about to be made, while the payment is pending and
+/// fewer than `max_calls` were made; returns the calls counted so far, or
+/// `None` when no call may be made (settled meanwhile, or out of calls).
+/// Counting before calling makes `attempts` the real number of calls, and
+/// keeps a settled payment from being asked again.
+pub async fn count_call(
     conn: &mut AsyncPgConnection,
     order_id: Uuid,
+    max_calls: i32,
 ) -> QueryResult<Option<i32>> {
     diesel::update(
         payments::table
             .filter(payments::order_id.eq(order_id))
-            .filter(payments::status.eq(STATUS_PENDING)),
+            .filter(payments::status.eq(STATUS_PENDING))
+            .filter(payments::attempts.lt(max_calls)),
     )
     .set((
         payments::attempts.eq(payments::attempts + 1),
@@ -115,15 +120,26 @@ pub async fn count_unanswered_call(
     .optional()
 }
 
+/// Whether the order's payment is still pending.
+pub async fn is_pending(conn: &mut AsyncPgConnection, order_id: Uuid) -> QueryResult<bool> {
+    let pending: Option<i64> = payments::table
+        .filter(payments::order_id.eq(order_id))
+        .filter(payments::status.eq(STATUS_PENDING))
+        .count()
+        .get_result(conn)
+        .await
+        .optional()?;
+    Ok(pending.unwrap_or(0) > 0)
+}
+
 /// Moves a pending payment to `status` (COMPLETED, or DECLINED with a
-/// reason), counting `answered_calls` more calls; returns the settled row,
-/// or `None` when it was not pending any more.
+/// reason); returns the settled row, or `None` when it was not pending any
+/// more.
 pub async fn settle(
     conn: &mut AsyncPgConnection,
     order_id: Uuid,
     status: &'static str,
     decline_reason: Option<&str>,
-    answered_calls: i32,
 ) -> QueryResult<Option<PaymentRow>> {
     diesel::update(
         payments::table
@@ -133,7 +149,6 @@ pub async fn settle(
     .set((
         payments::status.eq(status),
         payments::decline_reason.eq(decline_reason),
-        payments::attempts.eq(payments::attempts + answered_calls),
         payments::update_time.eq(diesel::dsl::now),
     ))
     .returning(PaymentRow::as_returning())

@@ -92,14 +92,14 @@ enum Outcome {
 impl Outcome {
     /// The payment's new status and decline reason, and the answered calls
     /// to count.
-    fn changes(&self) -> (&'static str, Option<String>, i32) {
+    fn changes(&self) -> (&'static str, Option<String>) {
         match self {
-            Outcome::Answered(Decision::Approved) => (STATUS_COMPLETED, None, 1),
+            Outcome::Answered(Decision::Approved) => (STATUS_COMPLETED, None),
             // PostgreSQL text cannot hold NUL, whatever a provider sends.
             Outcome::Answered(Decision::Declined { reason }) => {
-                (STATUS_DECLINED, Some(reason.replace('\0', "")), 1)
+                (STATUS_DECLINED, Some(reason.replace('\0', "")))
             }
-            Outcome::Unanswered => (STATUS_DECLINED, Some(UNANSWERED_REASON.to_owned()), 0),
+            Outcome::Unanswered => (STATUS_DECLINED, Some(UNANSWERED_REASON.to_owned())),
         }
     }
 }
@@ -264,7 +264,7 @@ impl<P: PaymentProvider> Settlement<P> {
 
     /// Calls the provider until it answers or `max_attempts` calls went
     /// unanswered; `None` at shutdown or when the payment is settled
-    /// meanwhile.
+    /// meanwhile. Each call is counted in the database before it is made.
     async fn ask_provider(
         &self,
         payment: &PaymentRow,
@@ -272,9 +272,27 @@ impl<P: PaymentProvider> Settlement<P> {
     ) -> Option<Outcome> {
         let order_id = payment.order_id;
         let max_attempts = self.policy.max_attempts;
-        let mut unanswered = payment.attempts;
         let mut backoff = Backoff::new(FIRST_RETRY_DELAY, MAX_RETRY_DELAY);
-        while unanswered < max_attempts {
+        loop {
+            let counted = retry_until_ok(
+                "the database to count a provider call",
+                shutdown,
+                || async { self.count_call(order_id).await.map_err(anyhow::Error::from) },
+            )
+            .await?;
+            let Some(attempt) = counted else {
+                let pending =
+                    retry_until_ok("the database to read a payment", shutdown, || async {
+                        self.is_pending(order_id).await.map_err(anyhow::Error::from)
+                    })
+                    .await?;
+                if !pending {
+                    tracing::debug!(%order_id, "payment settled meanwhile");
+                    return None;
+                }
+                tracing::error!(%order_id, max_attempts, "payment provider did not answer, declining the payment");
+                return Some(Outcome::Unanswered);
+            };
             let charge = Charge {
                 customer_id: &payment.customer_id,
                 amount_minor: payment.amount_minor,
@@ -290,31 +308,12 @@ impl<P: PaymentProvider> Settlement<P> {
                 },
                 _ = shutdown.cancelled() => return None,
             };
-            let counted = retry_until_ok(
-                "the database to count a provider call",
-                shutdown,
-                || async {
-                    self.count_unanswered_call(order_id)
-                        .await
-                        .map_err(anyhow::Error::from)
-                },
-            )
-            .await?;
-            let Some(count) = counted else {
-                tracing::debug!(%order_id, "payment settled meanwhile");
-                return None;
-            };
-            unanswered = count;
-            tracing::warn!(%order_id, attempt = unanswered, max_attempts, %error, "payment provider call failed");
-            if unanswered < max_attempts {
-                tokio::select! {
-                    _ = tokio::time::sleep(backoff.next_delay()) => {}
-                    _ = shutdown.cancelled() => return None,
-                }
+            tracing::warn!(%order_id, attempt, max_attempts, %error, "payment provider call failed");
+            tokio::select! {
+                _ = tokio::time::sleep(backoff.next_delay()) => {}
+                _ = shutdown.cancelled() => return None,
             }
         }
-        tracing::error!(%order_id, max_attempts, "payment provider did not answer, declining the payment");
-        Some(Outcome::Unanswered)
     }
 
     async fn load_pending(&self, skip: &[Uuid], limit: i64) -> Result<Vec<PaymentRow>, DbError> {
@@ -322,9 +321,14 @@ impl<P: PaymentProvider> Settlement<P> {
         Ok(repository::load_pending(&mut conn, skip, limit).await?)
     }
 
-    async fn count_unanswered_call(&self, order_id: Uuid) -> Result<Option<i32>, DbError> {
+    async fn count_call(&self, order_id: Uuid) -> Result<Option<i32>, DbError> {
         let mut conn = self.pool.get().await?;
-        Ok(repository::count_unanswered_call(&mut conn, order_id).await?)
+        Ok(repository::count_call(&mut conn, order_id, self.policy.max_attempts).await?)
+    }
+
+    async fn is_pending(&self, order_id: Uuid) -> Result<bool, DbError> {
+        let mut conn = self.pool.get().await?;
+        Ok(repository::is_pending(&mut conn, order_id).await?)
     }
 
     /// Records the outcomes and their events in one transaction, for the
@@ -335,15 +339,9 @@ impl<P: PaymentProvider> Settlement<P> {
             .transaction::<_, diesel::result::Error, _>(async |conn| {
                 let mut settled = Vec::with_capacity(answers.len());
                 for (order_id, outcome) in answers {
-                    let (status, reason, answered_calls) = outcome.changes();
-                    let row = repository::settle(
-                        conn,
-                        *order_id,
-                        status,
-                        reason.as_deref(),
-                        answered_calls,
-                    )
-                    .await?;
+                    let (status, reason) = outcome.changes();
+                    let row =
+                        repository::settle(conn, *order_id, status, reason.as_deref()).await?;
                     settled.extend(row);
                 }
                 let events: Vec<OutboxMessage> =

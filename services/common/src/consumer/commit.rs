@@ -2,8 +2,11 @@
 //! cause and the partition's next offset, in one transaction; and when the
 //! database refuses the batch for a record's data, find that record.
 
+use std::panic::AssertUnwindSafe;
+
 use diesel::QueryResult;
 use diesel_async::{AsyncConnection, AsyncPgConnection};
+use futures::FutureExt;
 
 use super::dead_letter::dead_letter;
 use super::offsets::{StoredPosition, store_position};
@@ -24,10 +27,12 @@ pub struct BatchOutcome {
 /// `new_offset` for the partition, all in one transaction. (The consumer
 /// loop's unit of work; the benchmark's PostgreSQL ceiling runs it too.)
 ///
-/// When the database refuses the batch with what may be a data error (see
-/// `DbFailure`), the batch is applied again record by record, each in a
-/// savepoint, and the records the database refuses on their own are dead
-/// lettered with its message, so one bad record never blocks its partition.
+/// When the database refuses the batch with a data error (see `DbFailure`),
+/// or with an error it does not name for the `UNCLASSIFIED_FAILURES`-th time
+/// in a row (`earlier_failures` counts the batch's failed attempts), the
+/// batch is applied again record by record, each in a savepoint, and the
+/// records refused on their own are dead-lettered with the reason, so one
+/// bad record never blocks its partition.
 pub async fn commit_records<H: EventHandler>(
     pool: &DbPool,
     handler: &H,
@@ -35,11 +40,17 @@ pub async fn commit_records<H: EventHandler>(
     partition: i32,
     batch: &[InboundRecord],
     new_offset: i64,
+    earlier_failures: u32,
 ) -> Result<BatchOutcome, DbError> {
     let mut conn = pool.get().await?;
     let together = apply_together(&mut conn, handler, topic, partition, batch, new_offset).await;
+    let isolate = |failure| match failure {
+        DbFailure::Data => true,
+        DbFailure::Unclassified => earlier_failures + 1 >= UNCLASSIFIED_FAILURES,
+        DbFailure::Transient => false,
+    };
     match together {
-        Err(err) if DbFailure::of(&err) != DbFailure::Transient => {
+        Err(err) if isolate(DbFailure::of(&err)) => {
             tracing::warn!(
                 %topic, partition, offset = batch.first().map(|r| r.offset), error = %err,
                 "the database refused a batch, applying its records one by one"
@@ -51,6 +62,11 @@ pub async fn commit_records<H: EventHandler>(
         other => Ok(other?),
     }
 }
+
+/// How many times in a row a batch must fail with an error the database does
+/// not name before its records are tried one by one. A lock timeout, a
+/// deadlock or a brief resource shortage passes within these retries.
+const UNCLASSIFIED_FAILURES: u32 = 3;
 
 /// The whole batch in one transaction, its events in one `apply`.
 async fn apply_together<H: EventHandler>(
@@ -73,7 +89,7 @@ async fn apply_together<H: EventHandler>(
     let applied = events.len() as u64;
     let wrote_outbox = conn
         .transaction::<_, diesel::result::Error, _>(async |conn| {
-            outbox_messages.extend(handler.apply(conn, events).await?);
+            outbox_messages.extend(apply_guarded(handler, conn, events).await?);
             outbox::enqueue(conn, &outbox_messages).await?;
             store_position(conn, topic, partition, &position_after(batch, new_offset)).await?;
             Ok(!outbox_messages.is_empty())
@@ -145,7 +161,7 @@ async fn apply_alone<H: EventHandler>(
         };
         let applied = conn
             .transaction::<_, diesel::result::Error, _>(async |conn| {
-                handler.apply(conn, vec![event]).await
+                apply_guarded(handler, conn, vec![event]).await
             })
             .await;
         let err = match applied {
@@ -156,10 +172,10 @@ async fn apply_alone<H: EventHandler>(
             DbFailure::Transient => return Err(err),
             DbFailure::Unclassified if attempt == 1 => continue,
             DbFailure::Data | DbFailure::Unclassified => {
-                let rejection = Rejection(format!("the database refused the record: {err}"));
+                let rejection = Rejection(format!("the record could not be applied: {err}"));
                 tracing::error!(
                     topic = %record.topic, partition = record.partition, offset = record.offset,
-                    reason = %rejection, "record refused by the database sent to the dead-letter topic"
+                    reason = %rejection, "record that cannot be applied sent to the dead-letter topic"
                 );
                 return Ok(Err(rejection));
             }
@@ -175,6 +191,35 @@ fn position_after(batch: &[InboundRecord], new_offset: i64) -> StoredPosition {
         .map(StoredPosition::after)
         .filter(|position| position.next_offset == new_offset)
         .unwrap_or_else(|| StoredPosition::at(new_offset))
+}
+
+/// Applies events with `handler`, turning a panic of the handler into an
+/// unclassified error of the batch: a bug that panics on one record every
+/// time is isolated and dead-lettered like a record the database refuses,
+/// instead of killing the partition's task again and again, while one that
+/// panics once is retried like any unclassified failure.
+async fn apply_guarded<H: EventHandler>(
+    handler: &H,
+    conn: &mut AsyncPgConnection,
+    events: Vec<H::Event>,
+) -> QueryResult<Vec<OutboxMessage>> {
+    match AssertUnwindSafe(handler.apply(conn, events))
+        .catch_unwind()
+        .await
+    {
+        Ok(applied) => applied,
+        Err(panic) => {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "no message".to_owned());
+            Err(diesel::result::Error::DatabaseError(
+                diesel::result::DatabaseErrorKind::Unknown,
+                Box::new(format!("the handler panicked: {what}")),
+            ))
+        }
+    }
 }
 
 /// Decodes a record, logging a poison one.

@@ -14,14 +14,59 @@
 //! Without evidence it waits, and says so in the log.
 
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
+use rskafka::client::error::{Error as RsKafkaError, ProtocolError};
 use rskafka::client::partition::{OffsetAt, PartitionClient};
+use tokio::time::Instant;
 
 use super::offsets::StoredPosition;
 use super::{Consumer, EventHandler};
 
 /// The largest fetch made to look at a log's newest records.
 const PROBE_MAX_BYTES: i32 = 256 * 1024;
+/// How much newer than the last record read a record must be to prove a new
+/// log: producers' clocks differ a little.
+const CLOCK_SKEW_MARGIN: chrono::TimeDelta = chrono::TimeDelta::seconds(10);
+/// How often a consumer whose position is past the log's end says so.
+const BEHIND_REPORT_INTERVAL: Duration = Duration::from_secs(30);
+
+/// What a partition's consumer remembers about the log between fetches.
+#[derive(Debug, Default)]
+pub(super) struct LogWatch {
+    /// Set after a gap in what the consumer saw of the log: the record
+    /// before its position is checked before it reads on.
+    pub verify_before_reading: bool,
+    behind_reported: Option<Instant>,
+}
+
+impl LogWatch {
+    /// Logs, at most every `BEHIND_REPORT_INTERVAL`, that the position is
+    /// past the log's end.
+    pub fn report_behind(&mut self, topic: &str, partition: i32, offset: i64, high_watermark: i64) {
+        if self
+            .behind_reported
+            .is_some_and(|at| at.elapsed() < BEHIND_REPORT_INTERVAL)
+        {
+            return;
+        }
+        self.behind_reported = Some(Instant::now());
+        tracing::error!(
+            %topic, partition, offset, high_watermark,
+            "the stored position is past the end of the log; waiting for the log to catch up \
+             (if the topic was recreated on purpose, delete the partition's row in consumer_offsets)"
+        );
+    }
+}
+
+/// Where an offset the broker refuses lies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum OutOfRange {
+    /// Below the log's start: retention deleted records not read yet.
+    Retention { earliest: i64 },
+    /// Past the log's end.
+    PastEnd { high_watermark: i64 },
+}
 
 /// What the log says about a stored position it does not reach.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -39,7 +84,7 @@ impl<H: EventHandler> Consumer<H> {
         client: &PartitionClient,
         position: &StoredPosition,
         high_watermark: i64,
-    ) -> Result<PastEnd, rskafka::client::error::Error> {
+    ) -> Result<PastEnd, RsKafkaError> {
         let earliest = client.get_offset(OffsetAt::Earliest).await?;
         let Some(last_read) = position.last_record_time else {
             return Ok(PastEnd::Behind);
@@ -60,7 +105,8 @@ impl<H: EventHandler> Consumer<H> {
                 .0;
         }
         let newer = newest.iter().find(|record| {
-            record.offset < position.next_offset && record.record.timestamp > last_read
+            record.offset < position.next_offset
+                && record.record.timestamp > last_read + CLOCK_SKEW_MARGIN
         });
         Ok(match newer {
             Some(record) => PastEnd::Recreated {
@@ -81,7 +127,7 @@ impl<H: EventHandler> Consumer<H> {
         &self,
         client: &PartitionClient,
         position: &StoredPosition,
-    ) -> Result<Option<(i64, String)>, rskafka::client::error::Error> {
+    ) -> Result<Option<(i64, String)>, RsKafkaError> {
         let Some(expected) = &position.last_ce_id else {
             return Ok(None);
         };
@@ -89,7 +135,16 @@ impl<H: EventHandler> Consumer<H> {
             return Ok(None);
         }
         let before = position.next_offset - 1;
-        let (records, high_watermark) = client.fetch_records(before, 1..PROBE_MAX_BYTES, 0).await?;
+        let (records, high_watermark) =
+            match client.fetch_records(before, 1..PROBE_MAX_BYTES, 0).await {
+                Ok(fetched) => fetched,
+                // Outside the log: the fetch loop judges that.
+                Err(RsKafkaError::ServerError {
+                    protocol_error: ProtocolError::OffsetOutOfRange,
+                    ..
+                }) => return Ok(None),
+                Err(err) => return Err(err),
+            };
         if high_watermark < position.next_offset {
             // Past the end: the fetch loop judges that.
             return Ok(None);
@@ -112,6 +167,23 @@ impl<H: EventHandler> Consumer<H> {
         )))
     }
 
+    /// Tells retention from a position past the end, for an offset the
+    /// broker refused as out of range; logs and counts records lost to
+    /// retention.
+    pub(super) async fn out_of_range(
+        &self,
+        client: &PartitionClient,
+        offset: i64,
+    ) -> Result<OutOfRange, RsKafkaError> {
+        let earliest = client.get_offset(OffsetAt::Earliest).await?;
+        if earliest > offset {
+            self.lost_to_retention(client.topic(), client.partition(), offset, earliest);
+            return Ok(OutOfRange::Retention { earliest });
+        }
+        let high_watermark = client.get_offset(OffsetAt::Latest).await?;
+        Ok(OutOfRange::PastEnd { high_watermark })
+    }
+
     /// Counts and logs a rewind to `earliest`.
     pub(super) fn rewound(
         &self,
@@ -129,7 +201,7 @@ impl<H: EventHandler> Consumer<H> {
     }
 
     /// Counts and logs records lost to retention before they were read.
-    pub(super) fn lost_to_retention(&self, topic: &str, partition: i32, from: i64, earliest: i64) {
+    fn lost_to_retention(&self, topic: &str, partition: i32, from: i64, earliest: i64) {
         let lost = (earliest - from).max(0) as u64;
         self.stats
             .lost_to_retention

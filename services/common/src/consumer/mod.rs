@@ -38,7 +38,7 @@ use diesel::QueryResult;
 use diesel_async::AsyncPgConnection;
 use rskafka::client::Client;
 use rskafka::client::error::{Error as RsKafkaError, ProtocolError};
-use rskafka::client::partition::{OffsetAt, PartitionClient};
+use rskafka::client::partition::PartitionClient;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -53,7 +53,7 @@ use crate::config::KafkaConfig;
 use crate::db::{DbError, DbPool};
 use crate::outbox::OutboxMessage;
 use crate::retry::Backoff;
-use log_changes::PastEnd;
+use log_changes::{LogWatch, OutOfRange, PastEnd};
 use offsets::{StoredPosition, load_position};
 use unreadable::{UnreadableFetches, is_unreadable};
 
@@ -161,9 +161,8 @@ pub struct FetchSettings {
 const FIRST_IDLE_PAUSE: Duration = Duration::from_millis(2);
 
 /// How long a consumer whose position is past the log's end waits before it
-/// looks again, and how often it says so in the log.
+/// looks again.
 const BEHIND_PAUSE: Duration = Duration::from_secs(1);
-const BEHIND_REPORT_INTERVAL: Duration = Duration::from_secs(30);
 
 /// The largest fetch response, in bytes.
 const FETCH_MAX_BYTES: i32 = 4 * 1024 * 1024;
@@ -207,7 +206,7 @@ impl<H: EventHandler> Consumer<H> {
         let mut empty_fetches = 0;
         let mut next_fetch_at = Instant::now();
         let mut unreadable = UnreadableFetches::new(&topic, partition);
-        let mut behind_reported: Option<Instant> = None;
+        let mut log_watch = LogWatch::default();
         let progress = self.stats.progress.partition(&topic, partition);
         while !shutdown.is_cancelled() {
             let Some(current) = &position else {
@@ -238,27 +237,40 @@ impl<H: EventHandler> Consumer<H> {
                 fetched = client.fetch_records(offset, 1..max_bytes, self.fetch.max_wait_ms) => fetched,
                 _ = shutdown.cancelled() => return,
             };
+            let fetched = match fetched {
+                // Kafka answers a fetch outside the log so (tansu answers one
+                // past its end with nothing and a lower high watermark).
+                Err(RsKafkaError::ServerError {
+                    protocol_error: ProtocolError::OffsetOutOfRange,
+                    ..
+                }) => match self.out_of_range(&client, offset).await {
+                    Ok(OutOfRange::Retention { earliest }) => {
+                        position = Some(StoredPosition::at(earliest));
+                        continue;
+                    }
+                    Ok(OutOfRange::PastEnd { high_watermark }) => Ok((Vec::new(), high_watermark)),
+                    Err(err) => {
+                        tracing::warn!(%topic, partition, error = %err, "cannot read the log's offsets");
+                        pause(&mut backoff, &shutdown).await;
+                        continue;
+                    }
+                },
+                other => other,
+            };
             if let Ok((_, high_watermark)) = &fetched {
                 progress.fetched(offset, *high_watermark);
             }
             let records = match fetched {
                 Ok((_, high_watermark)) if offset > high_watermark => {
+                    // Whatever the verdict, look again before reading on.
+                    log_watch.verify_before_reading = true;
                     match self.judge_past_end(&client, current, high_watermark).await {
                         Ok(PastEnd::Recreated { earliest, evidence }) => {
                             self.rewound(&topic, partition, offset, earliest, &evidence);
                             position = Some(StoredPosition::at(earliest));
                         }
                         Ok(PastEnd::Behind) => {
-                            if behind_reported
-                                .is_none_or(|at| at.elapsed() >= BEHIND_REPORT_INTERVAL)
-                            {
-                                behind_reported = Some(Instant::now());
-                                tracing::error!(
-                                    %topic, partition, offset, high_watermark,
-                                    "the stored position is past the end of the log; waiting for the log to catch up \
-                                     (if the topic was recreated on purpose, delete the partition's row in consumer_offsets)"
-                                );
-                            }
+                            log_watch.report_behind(&topic, partition, offset, high_watermark);
                             next_fetch_at = fetch_started + BEHIND_PAUSE;
                         }
                         Err(err) => {
@@ -268,12 +280,17 @@ impl<H: EventHandler> Consumer<H> {
                     }
                     continue;
                 }
-                // A broker that sends nothing for so small a maximum tells us
-                // nothing new: it counts as one more failure at `offset`.
-                Ok((records, high_watermark))
-                    if narrowed && records.is_empty() && high_watermark > offset =>
-                {
-                    let error = unreadable.error.clone();
+                // Nothing at an offset the log holds: the answer could not
+                // be read, or the broker cannot start inside the batch there.
+                // Either way it counts as a failure at `offset`.
+                Ok((records, high_watermark)) if records.is_empty() && high_watermark > offset => {
+                    let error = if narrowed {
+                        unreadable.error.clone()
+                    } else {
+                        format!(
+                            "the broker sent nothing at offset {offset} below its high watermark {high_watermark}"
+                        )
+                    };
                     if self
                         .unreadable_at(&mut unreadable, offset, error, &shutdown)
                         .await
@@ -282,28 +299,29 @@ impl<H: EventHandler> Consumer<H> {
                     }
                     continue;
                 }
-                Ok((records, _)) => records,
-                // The log no longer holds our position: retention deleted
-                // records we had not read.
-                Err(RsKafkaError::ServerError {
-                    protocol_error: ProtocolError::OffsetOutOfRange,
-                    ..
-                }) => {
-                    match client.get_offset(OffsetAt::Earliest).await {
-                        Ok(earliest) if earliest > offset => {
-                            self.lost_to_retention(&topic, partition, offset, earliest);
-                            position = Some(StoredPosition::at(earliest));
+                // After a gap in what we saw of the log (past its end, or
+                // fetches failing), the record before our position must be
+                // the one we read last, or the log was recreated meanwhile.
+                Ok((records, _)) if log_watch.verify_before_reading => {
+                    match self.recreated_below(&client, current).await {
+                        Ok(None) => {
+                            log_watch.verify_before_reading = false;
+                            records
                         }
-                        // Not below the log's start: past its end, which
-                        // the next fetch judges.
-                        Ok(_) => next_fetch_at = fetch_started + BEHIND_PAUSE,
+                        Ok(Some((earliest, evidence))) => {
+                            log_watch.verify_before_reading = false;
+                            self.rewound(&topic, partition, offset, earliest, &evidence);
+                            position = Some(StoredPosition::at(earliest));
+                            continue;
+                        }
                         Err(err) => {
-                            tracing::warn!(%topic, partition, error = %err, "cannot read earliest offset");
+                            tracing::warn!(%topic, partition, error = %err, "cannot inspect the log");
                             pause(&mut backoff, &shutdown).await;
+                            continue;
                         }
                     }
-                    continue;
                 }
+                Ok((records, _)) => records,
                 Err(err) if is_unreadable(&err) => {
                     if self
                         .unreadable_at(&mut unreadable, offset, err.to_string(), &shutdown)
@@ -316,6 +334,7 @@ impl<H: EventHandler> Consumer<H> {
                 Err(err) => {
                     tracing::warn!(%topic, partition, error = %err, "fetch failed");
                     progress.failed(format!("fetch failed: {err}"));
+                    log_watch.verify_before_reading = true;
                     pause(&mut backoff, &shutdown).await;
                     continue;
                 }
@@ -342,13 +361,15 @@ impl<H: EventHandler> Consumer<H> {
                 .collect();
             // A transient failure retries the same batch until it commits;
             // shutdown abandons it uncommitted, to be fetched again next time.
+            let mut failures = 0;
             loop {
                 match self
-                    .commit_batch(&topic, partition, &batch, new_offset)
+                    .commit_batch(&topic, partition, &batch, new_offset, failures)
                     .await
                 {
                     Ok(()) => break,
                     Err(err) => {
+                        failures += 1;
                         tracing::warn!(%topic, partition, offset, error = %err, "batch failed, retrying");
                         progress.failed(format!("batch failed: {err}"));
                         if pause(&mut backoff, &shutdown).await {
@@ -385,6 +406,7 @@ impl<H: EventHandler> Consumer<H> {
         partition: i32,
         batch: &[InboundRecord],
         new_offset: i64,
+        earlier_failures: u32,
     ) -> Result<(), DbError> {
         let outcome = commit_records(
             &self.pool,
@@ -393,6 +415,7 @@ impl<H: EventHandler> Consumer<H> {
             partition,
             batch,
             new_offset,
+            earlier_failures,
         )
         .await?;
         if outcome.wrote_outbox {

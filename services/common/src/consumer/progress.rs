@@ -17,6 +17,9 @@ struct PartitionState {
     high_watermark: i64,
     /// The last commit, or the last time the partition had nothing waiting.
     last_progress: Instant,
+    /// The position is past the log's end: nothing moves until it catches
+    /// up, which counts as a stall too.
+    behind: bool,
     last_error: Option<String>,
 }
 
@@ -33,6 +36,7 @@ impl PartitionProgress {
                 next_offset: 0,
                 high_watermark: 0,
                 last_progress: Instant::now(),
+                behind: false,
                 last_error: None,
             }),
         }
@@ -51,7 +55,8 @@ impl PartitionProgress {
         self.update(|state| {
             state.next_offset = next_offset;
             state.high_watermark = high_watermark;
-            if high_watermark <= next_offset {
+            state.behind = high_watermark < next_offset;
+            if high_watermark == next_offset {
                 state.last_progress = Instant::now();
                 state.last_error = None;
             }
@@ -63,6 +68,7 @@ impl PartitionProgress {
         self.update(|state| {
             state.next_offset = next_offset;
             state.last_progress = Instant::now();
+            state.behind = false;
             state.last_error = None;
         });
     }
@@ -107,7 +113,18 @@ impl ConsumerProgress {
                 let state = progress.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
                 let waiting = state.high_watermark - state.next_offset;
                 let idle = state.last_progress.elapsed();
-                (waiting > 0 && idle >= stall_after).then(|| {
+                if idle < stall_after {
+                    return None;
+                }
+                if state.behind {
+                    return Some(format!(
+                        "{topic}/{partition} is at offset {}, past the log's end ({}), for {}s",
+                        state.next_offset,
+                        state.high_watermark,
+                        idle.as_secs()
+                    ));
+                }
+                (waiting > 0).then(|| {
                     format!(
                         "{topic}/{partition} has {waiting} records waiting at offset {} and no commit for {}s (last error: {})",
                         state.next_offset,
@@ -144,6 +161,20 @@ mod tests {
             "{why}"
         );
         partition.committed(12);
+        assert!(progress.check(Duration::from_secs(60)).is_ok());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_position_past_the_logs_end_stalls_until_the_log_catches_up() {
+        let progress = ConsumerProgress::default();
+        let partition = progress.partition("orders", 1);
+        partition.fetched(5, 5);
+        partition.fetched(5, 2);
+        tokio::time::advance(Duration::from_secs(61)).await;
+        partition.fetched(5, 2);
+        let why = progress.check(Duration::from_secs(60)).unwrap_err();
+        assert!(why.contains("past the log's end"), "{why}");
+        partition.fetched(5, 5);
         assert!(progress.check(Duration::from_secs(60)).is_ok());
     }
 

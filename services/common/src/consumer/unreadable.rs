@@ -5,9 +5,11 @@
 //! dead letter that names it, so the partition never stalls for good.
 
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use diesel_async::AsyncConnection;
 use rskafka::client::error::Error as RsKafkaError;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::dead_letter::skipped_record;
@@ -18,8 +20,11 @@ use crate::outbox;
 use crate::retry::Backoff;
 
 /// How many fetches at one offset may fail because the client cannot read
-/// the answer before that offset is skipped.
+/// the answer before that offset is skipped...
 pub const MAX_UNREADABLE_FETCHES: u32 = 5;
+/// ...and for how long at least, so that a passing fault is never taken for
+/// an unreadable record.
+pub const MIN_UNREADABLE_SPAN: Duration = Duration::from_secs(5);
 
 /// Consecutive fetches at one offset of a partition whose answer the
 /// client could not read, and the last error.
@@ -29,6 +34,8 @@ pub(super) struct UnreadableFetches {
     partition: i32,
     offset: i64,
     failures: u32,
+    first_failure: Instant,
+    backoff: Backoff,
     pub(super) error: String,
 }
 
@@ -39,6 +46,8 @@ impl UnreadableFetches {
             partition,
             offset: -1,
             failures: 0,
+            first_failure: Instant::now(),
+            backoff: Backoff::new(Duration::from_millis(200), Duration::from_secs(2)),
             error: String::new(),
         }
     }
@@ -51,28 +60,35 @@ impl UnreadableFetches {
         }
     }
 
-    /// Counts one more failure at `offset` and returns the count.
-    fn record(&mut self, offset: i64, error: String) -> u32 {
+    /// Counts one more failure at `offset`; returns whether the record
+    /// there has now failed often enough, for long enough, to be skipped.
+    fn record(&mut self, offset: i64, error: String) -> bool {
+        if self.failures_at(offset) == 0 {
+            self.first_failure = Instant::now();
+            self.backoff.reset();
+        }
         self.failures = self.failures_at(offset) + 1;
         self.offset = offset;
         self.error = error;
-        self.failures
+        self.failures >= MAX_UNREADABLE_FETCHES
+            && self.first_failure.elapsed() >= MIN_UNREADABLE_SPAN
     }
 }
 
 /// Whether the broker answered but the client cannot parse the answer (for
 /// example a header name that is not UTF-8): asking again gets the same
-/// bytes. Connection and server errors are not this.
+/// bytes. Connection, metadata and server errors are not this (rskafka's
+/// `InvalidResponse` also covers a partition leader missing from metadata,
+/// which passes).
 pub(super) fn is_unreadable(err: &RsKafkaError) -> bool {
     use rskafka::client::error::RequestError;
     matches!(
         err,
-        RsKafkaError::InvalidResponse(_)
-            | RsKafkaError::Request(
-                RequestError::ReadError(_)
-                    | RequestError::ReadVersionedError(_)
-                    | RequestError::TooMuchData { .. }
-            )
+        RsKafkaError::Request(
+            RequestError::ReadError(_)
+                | RequestError::ReadVersionedError(_)
+                | RequestError::TooMuchData { .. }
+        )
     )
 }
 
@@ -89,11 +105,12 @@ impl<H: EventHandler> Consumer<H> {
         shutdown: &CancellationToken,
     ) -> bool {
         let (topic, partition) = (unreadable.topic.clone(), unreadable.partition);
-        let failures = unreadable.record(offset, error);
-        let mut backoff = Backoff::transient();
-        if failures < MAX_UNREADABLE_FETCHES {
-            tracing::warn!(%topic, partition, offset, failures, error = %unreadable.error, "cannot read the fetched records");
-            pause(&mut backoff, shutdown).await;
+        if !unreadable.record(offset, error) {
+            tracing::warn!(
+                %topic, partition, offset, failures = unreadable.failures, error = %unreadable.error,
+                "cannot read the fetched records"
+            );
+            pause(&mut unreadable.backoff, shutdown).await;
             return false;
         }
         let letter = skipped_record(&topic, partition, offset, &unreadable.error);
@@ -118,7 +135,7 @@ impl<H: EventHandler> Consumer<H> {
             }
             Err(err) => {
                 tracing::warn!(%topic, partition, offset, error = %err, "cannot record the skip, retrying");
-                pause(&mut backoff, shutdown).await;
+                pause(&mut unreadable.backoff, shutdown).await;
                 false
             }
         }

@@ -25,6 +25,7 @@ mod relay;
 pub use relay::{Relay, RelayStats};
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Text};
@@ -117,25 +118,47 @@ pub async fn park(conn: &mut AsyncPgConnection, id: i64, error: &str) -> QueryRe
     Ok(())
 }
 
+#[derive(QueryableByName)]
+struct Age {
+    #[diesel(sql_type = diesel::sql_types::Double)]
+    seconds: f64,
+}
+
+/// How long the oldest row has waited, by the database's clock; `None` when
+/// the outbox is empty.
+pub async fn oldest_age(conn: &mut AsyncPgConnection) -> QueryResult<Option<Duration>> {
+    let age = diesel::sql_query(
+        "SELECT EXTRACT(EPOCH FROM now() - created_at)::float8 AS seconds \
+         FROM outbox ORDER BY id LIMIT 1",
+    )
+    .get_result::<Age>(conn)
+    .await
+    .optional()?;
+    Ok(age.map(|age| Duration::from_secs_f64(age.seconds.max(0.0))))
+}
+
+/// Rows per INSERT: five bind parameters a row, well inside PostgreSQL's
+/// 65,535, however many dead letters one fetch brings.
+const ENQUEUE_CHUNK: usize = 1_000;
+
 /// Writes the messages to the outbox; call inside the transaction that makes
 /// the state change they announce.
 pub async fn enqueue(conn: &mut AsyncPgConnection, messages: &[OutboxMessage]) -> QueryResult<()> {
-    if messages.is_empty() {
-        return Ok(());
+    for chunk in messages.chunks(ENQUEUE_CHUNK) {
+        let rows: Vec<NewOutboxRow<'_>> = chunk
+            .iter()
+            .map(|message| NewOutboxRow {
+                topic: &message.topic,
+                message_key: &message.key,
+                payload: &message.payload,
+                header_names: message.headers.keys().map(String::as_str).collect(),
+                header_values: message.headers.values().map(Vec::as_slice).collect(),
+            })
+            .collect();
+        diesel::insert_into(outbox::table)
+            .values(&rows)
+            .execute(conn)
+            .await?;
     }
-    let rows: Vec<NewOutboxRow<'_>> = messages
-        .iter()
-        .map(|message| NewOutboxRow {
-            topic: &message.topic,
-            message_key: &message.key,
-            payload: &message.payload,
-            header_names: message.headers.keys().map(String::as_str).collect(),
-            header_values: message.headers.values().map(Vec::as_slice).collect(),
-        })
-        .collect();
-    diesel::insert_into(outbox::table)
-        .values(&rows)
-        .execute(conn)
-        .await?;
     Ok(())
 }
