@@ -64,6 +64,12 @@ async fn connect_in_schema(
 /// Creates the database if it is missing and the server allows it, then
 /// creates the service's schema and applies the platform migrations followed
 /// by the service's own.
+///
+/// Instances that start together take turns: each holds a session advisory
+/// lock named after the schema while it migrates, so the first applies the
+/// migrations and the others find nothing pending. (A session lock needs a
+/// real session: behind PgBouncer in transaction mode, point
+/// `DATABASE_URL` at PostgreSQL itself.)
 pub async fn prepare(
     url: &DatabaseUrl,
     schema: &'static str,
@@ -72,12 +78,14 @@ pub async fn prepare(
     create_database_if_missing(url).await?;
     let mut conn = AsyncPgConnection::establish(url.expose()).await?;
     conn.batch_execute(&format!(
-        "CREATE SCHEMA IF NOT EXISTS {schema}; SET search_path TO {schema}"
+        "SELECT pg_advisory_lock(hashtext('oms-migrations:{schema}')); \
+         CREATE SCHEMA IF NOT EXISTS {schema}; SET search_path TO {schema}"
     ))
     .await?;
     let mut wrapper: AsyncConnectionWrapper<AsyncPgConnection> = AsyncConnectionWrapper::from(conn);
     // The harness is synchronous: it blocks on the async connection, so it
-    // must run off the async worker threads.
+    // must run off the async worker threads. The lock goes with the
+    // connection when it closes, also when a migration fails.
     tokio::task::spawn_blocking(move || {
         for migrations in [PLATFORM_MIGRATIONS, service_migrations] {
             wrapper

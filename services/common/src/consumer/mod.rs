@@ -280,17 +280,16 @@ impl<H: EventHandler> Consumer<H> {
                     }
                     continue;
                 }
-                // Nothing at an offset the log holds: the answer could not
-                // be read, or the broker cannot start inside the batch there.
-                // Either way it counts as a failure at `offset`.
-                Ok((records, high_watermark)) if records.is_empty() && high_watermark > offset => {
-                    let error = if narrowed {
-                        unreadable.error.clone()
-                    } else {
-                        format!(
-                            "the broker sent nothing at offset {offset} below its high watermark {high_watermark}"
-                        )
-                    };
+                // After a fetch the client could not read, a broker that
+                // sends nothing for so small a maximum tells us nothing new:
+                // it counts as one more failure at `offset`. (Without that
+                // failure first, an empty answer below the high watermark is
+                // not evidence of anything: tansu's durable engine answers
+                // so for seconds after a restart.)
+                Ok((records, high_watermark))
+                    if narrowed && records.is_empty() && high_watermark > offset =>
+                {
+                    let error = unreadable.error.clone();
                     if self
                         .unreadable_at(&mut unreadable, offset, error, &shutdown)
                         .await
