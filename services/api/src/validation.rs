@@ -67,6 +67,18 @@ pub struct OrderFields<'a> {
     pub request_id: &'a str,
 }
 
+impl<'a> From<&'a crate::orders::events::v1::OrderCreated> for OrderFields<'a> {
+    fn from(event: &'a crate::orders::events::v1::OrderCreated) -> Self {
+        Self {
+            customer_id: &event.customer_id,
+            product_id: &event.product_id,
+            quantity: event.quantity,
+            amount: event.amount.as_ref(),
+            request_id: &event.request_id,
+        }
+    }
+}
+
 /// Every violation of the order's fields, in field order.
 pub fn order_violations(order: OrderFields<'_>) -> Vec<Violation> {
     let mut violations = Vec::new();

@@ -41,13 +41,7 @@ impl EventHandler for NotificationEvents {
                 let event: OrderCreated = record.decode()?;
                 // The order service's rules exactly: an order it dead-letters
                 // is never announced as received.
-                Rejection::unless_valid(&validation::order_violations(OrderFields {
-                    customer_id: &event.customer_id,
-                    product_id: &event.product_id,
-                    quantity: event.quantity,
-                    amount: event.amount.as_ref(),
-                    request_id: &event.request_id,
-                }))?;
+                Rejection::unless_valid(&validation::order_violations(OrderFields::from(&event)))?;
                 validation::event_time(event.create_time.as_ref())
                     .ok_or_else(|| Rejection("create_time is missing or out of range".into()))?;
                 Ok(NewNotification {

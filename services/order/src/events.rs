@@ -165,13 +165,7 @@ fn parse_uuid(field: &str, value: &str) -> Result<Uuid, Rejection> {
 /// carry what the database refuses and block its partition.
 fn validate_created(event: OrderCreated) -> Result<NewOrder, Rejection> {
     let order_id = parse_uuid("order_id", &event.order_id)?;
-    Rejection::unless_valid(&validation::order_violations(OrderFields {
-        customer_id: &event.customer_id,
-        product_id: &event.product_id,
-        quantity: event.quantity,
-        amount: event.amount.as_ref(),
-        request_id: &event.request_id,
-    }))?;
+    Rejection::unless_valid(&validation::order_violations(OrderFields::from(&event)))?;
     let amount = money::parse_amount(event.amount).map_err(|err| Rejection(err.to_string()))?;
     let create_time = validation::event_time(event.create_time.as_ref())
         .ok_or_else(|| Rejection("create_time is missing or out of range".into()))?;

@@ -15,8 +15,8 @@ use oms_testkit::service::{RunningService, service_config};
 use oms_testkit::{TestDatabase, eventually, grpc, kafka, unique_topic_prefix};
 use order_service::{Application, SCHEMA};
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_partition_that_cannot_commit_turns_health_not_serving_until_it_moves() {
+/// An order service that reports a stall after 2 s, serving.
+async fn start_with_a_short_stall_time() -> (TestDatabase, String, RunningService) {
     let db = TestDatabase::create().await;
     let prefix = unique_topic_prefix();
     let mut config = service_config(&db, &prefix);
@@ -24,7 +24,13 @@ async fn a_partition_that_cannot_commit_turns_health_not_serving_until_it_moves(
     let app = Application::build(config).await.expect("build");
     let addr = app.local_addr();
     let service = RunningService::start(addr, |shutdown| app.run_until(shutdown)).await;
-    grpc::wait_until_serving(addr, "", Duration::from_secs(20)).await;
+    (db, prefix, service)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_partition_that_cannot_commit_turns_health_not_serving_until_it_moves() {
+    let (db, prefix, service) = start_with_a_short_stall_time().await;
+    let addr = service.addr;
 
     // Commits wait on this lock, so records wait on the partition; the
     // database and the broker themselves still answer.
@@ -82,14 +88,8 @@ async fn recorded_status(addr: std::net::SocketAddr, order_id: &str) -> i32 {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_outbox_that_does_not_drain_turns_health_not_serving() {
-    let db = TestDatabase::create().await;
-    let prefix = unique_topic_prefix();
-    let mut config = service_config(&db, &prefix);
-    config.kafka.stall_after = Duration::from_secs(2);
-    let app = Application::build(config).await.expect("build");
-    let addr = app.local_addr();
-    let service = RunningService::start(addr, |shutdown| app.run_until(shutdown)).await;
-    grpc::wait_until_serving(addr, "", Duration::from_secs(20)).await;
+    let (db, prefix, service) = start_with_a_short_stall_time().await;
+    let addr = service.addr;
 
     // An event for a topic nobody created: the relay retries it, and it
     // waits in the outbox.
