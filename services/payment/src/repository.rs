@@ -6,7 +6,7 @@
 
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
-use diesel_async::{AsyncPgConnection, RunQueryDsl};
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use uuid::Uuid;
 
 use crate::schema::payments;
@@ -37,7 +37,7 @@ pub struct PaymentRow {
     pub currency_code: String,
     pub status: String,
     pub decline_reason: Option<String>,
-    /// Provider calls made; while PENDING, the calls that got no answer.
+    /// Provider calls made (each counted just before it is made).
     pub attempts: i32,
     pub create_time: DateTime<Utc>,
 }
@@ -78,16 +78,56 @@ pub async fn insert_new(
     Ok(inserted)
 }
 
-/// The oldest `limit` pending payments, except those of `skip`.
-pub async fn load_pending(
+/// Claims the next provider call of the oldest `limit` pending payments,
+/// except those of `skip`, that have made fewer than `max_calls` calls: one
+/// statement counts the call (so `attempts` is the real number of calls)
+/// and returns the rows as they are now.
+pub async fn claim_calls(
     conn: &mut AsyncPgConnection,
     skip: &[Uuid],
     limit: i64,
+    max_calls: i32,
+) -> QueryResult<Vec<PaymentRow>> {
+    conn.transaction::<_, diesel::result::Error, _>(async |conn| {
+        let oldest: Vec<Uuid> = payments::table
+            .filter(payments::status.eq(STATUS_PENDING))
+            .filter(payments::attempts.lt(max_calls))
+            .filter(payments::order_id.ne_all(skip))
+            .order(payments::create_time)
+            .limit(limit)
+            .select(payments::order_id)
+            // Another settlement worker's claim is its own.
+            .for_update()
+            .skip_locked()
+            .load(conn)
+            .await?;
+        if oldest.is_empty() {
+            return Ok(Vec::new());
+        }
+        diesel::update(payments::table.filter(payments::order_id.eq_any(&oldest)))
+            .set((
+                payments::attempts.eq(payments::attempts + 1),
+                payments::update_time.eq(diesel::dsl::now),
+            ))
+            .returning(PaymentRow::as_returning())
+            .get_results(conn)
+            .await
+    })
+    .await
+}
+
+/// Pending payments, except those of `skip`, that have made `max_calls`
+/// calls without an answer: to be declined.
+pub async fn out_of_calls(
+    conn: &mut AsyncPgConnection,
+    skip: &[Uuid],
+    limit: i64,
+    max_calls: i32,
 ) -> QueryResult<Vec<PaymentRow>> {
     payments::table
         .filter(payments::status.eq(STATUS_PENDING))
+        .filter(payments::attempts.ge(max_calls))
         .filter(payments::order_id.ne_all(skip))
-        .order(payments::create_time)
         .limit(limit)
         .select(PaymentRow::as_select())
         .load(conn)

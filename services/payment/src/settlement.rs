@@ -107,6 +107,13 @@ impl Outcome {
 /// An order's outcome, ready to record.
 type Answer = (Uuid, Outcome);
 
+/// What one claim found: payments whose next call is counted, and payments
+/// out of calls, answered already.
+struct Claimed {
+    calls: Vec<PaymentRow>,
+    out_of_calls: Vec<Answer>,
+}
+
 pub struct Settlement<P> {
     pub pool: DbPool,
     pub provider: P,
@@ -136,16 +143,27 @@ impl<P: PaymentProvider> Settlement<P> {
             if look && in_flight.len() < MAX_IN_FLIGHT {
                 let busy: Vec<Uuid> = in_flight.values().copied().collect();
                 let room = MAX_IN_FLIGHT - in_flight.len();
-                match self.load_pending(&busy, room as i64).await {
-                    Ok(pending) => {
+                match self.claim(&busy, room as i64).await {
+                    Ok(Claimed {
+                        calls,
+                        out_of_calls,
+                    }) => {
                         ever_read = true;
                         backoff.reset();
                         // A full page may have more behind it.
-                        look = pending.len() == room;
-                        for payment in pending {
+                        look = calls.len() + out_of_calls.len() == room;
+                        for payment in calls {
                             let order_id = payment.order_id;
                             let task = Arc::clone(&self).ask(payment, shutdown.clone());
                             in_flight.insert(tasks.spawn(task).id(), order_id);
+                        }
+                        if !out_of_calls.is_empty()
+                            && self
+                                .record_answers(&out_of_calls, &shutdown)
+                                .await
+                                .is_none()
+                        {
+                            break;
                         }
                     }
                     Err(err) => {
@@ -205,15 +223,18 @@ impl<P: PaymentProvider> Settlement<P> {
         let never = CancellationToken::new();
         let mut settled = 0;
         loop {
-            let pending = self.load_pending(&[], MAX_IN_FLIGHT as i64).await?;
-            if pending.is_empty() {
+            let Claimed {
+                calls,
+                out_of_calls,
+            } = self.claim(&[], MAX_IN_FLIGHT as i64).await?;
+            if calls.is_empty() && out_of_calls.is_empty() {
                 return Ok(settled);
             }
             let mut tasks = JoinSet::new();
-            for payment in pending {
+            for payment in calls {
                 tasks.spawn(Arc::clone(self).ask(payment, never.clone()));
             }
-            let mut answers = Vec::new();
+            let mut answers = out_of_calls;
             while let Some(joined) = tasks.join_next().await {
                 match joined {
                     Ok(answer) => answers.extend(answer),
@@ -264,7 +285,8 @@ impl<P: PaymentProvider> Settlement<P> {
 
     /// Calls the provider until it answers or `max_attempts` calls went
     /// unanswered; `None` at shutdown or when the payment is settled
-    /// meanwhile. Each call is counted in the database before it is made.
+    /// meanwhile. Each call is counted in the database before it is made:
+    /// the first by the claim that read `payment`, the others here.
     async fn ask_provider(
         &self,
         payment: &PaymentRow,
@@ -273,26 +295,8 @@ impl<P: PaymentProvider> Settlement<P> {
         let order_id = payment.order_id;
         let max_attempts = self.policy.max_attempts;
         let mut backoff = Backoff::new(FIRST_RETRY_DELAY, MAX_RETRY_DELAY);
+        let mut attempt = payment.attempts;
         loop {
-            let counted = retry_until_ok(
-                "the database to count a provider call",
-                shutdown,
-                || async { self.count_call(order_id).await.map_err(anyhow::Error::from) },
-            )
-            .await?;
-            let Some(attempt) = counted else {
-                let pending =
-                    retry_until_ok("the database to read a payment", shutdown, || async {
-                        self.is_pending(order_id).await.map_err(anyhow::Error::from)
-                    })
-                    .await?;
-                if !pending {
-                    tracing::debug!(%order_id, "payment settled meanwhile");
-                    return None;
-                }
-                tracing::error!(%order_id, max_attempts, "payment provider did not answer, declining the payment");
-                return Some(Outcome::Unanswered);
-            };
             let charge = Charge {
                 customer_id: &payment.customer_id,
                 amount_minor: payment.amount_minor,
@@ -313,12 +317,51 @@ impl<P: PaymentProvider> Settlement<P> {
                 _ = tokio::time::sleep(backoff.next_delay()) => {}
                 _ = shutdown.cancelled() => return None,
             }
+            let counted = retry_until_ok(
+                "the database to count a provider call",
+                shutdown,
+                || async { self.count_call(order_id).await.map_err(anyhow::Error::from) },
+            )
+            .await?;
+            let Some(counted) = counted else {
+                let pending =
+                    retry_until_ok("the database to read a payment", shutdown, || async {
+                        self.is_pending(order_id).await.map_err(anyhow::Error::from)
+                    })
+                    .await?;
+                if !pending {
+                    tracing::debug!(%order_id, "payment settled meanwhile");
+                    return None;
+                }
+                tracing::error!(%order_id, max_attempts, "payment provider did not answer, declining the payment");
+                return Some(Outcome::Unanswered);
+            };
+            attempt = counted;
         }
     }
 
-    async fn load_pending(&self, skip: &[Uuid], limit: i64) -> Result<Vec<PaymentRow>, DbError> {
+    /// Claims the first call of up to `limit` pending payments (except
+    /// `skip`), and finds those out of calls, which are declined.
+    async fn claim(&self, skip: &[Uuid], limit: i64) -> Result<Claimed, DbError> {
+        let max_calls = self.policy.max_attempts;
         let mut conn = self.pool.get().await?;
-        Ok(repository::load_pending(&mut conn, skip, limit).await?)
+        let calls = repository::claim_calls(&mut conn, skip, limit, max_calls).await?;
+        let room = limit - calls.len() as i64;
+        let out_of_calls = if room > 0 {
+            repository::out_of_calls(&mut conn, skip, room, max_calls).await?
+        } else {
+            Vec::new()
+        };
+        for payment in &out_of_calls {
+            tracing::error!(order_id = %payment.order_id, max_calls, "payment provider did not answer, declining the payment");
+        }
+        Ok(Claimed {
+            calls,
+            out_of_calls: out_of_calls
+                .into_iter()
+                .map(|payment| (payment.order_id, Outcome::Unanswered))
+                .collect(),
+        })
     }
 
     async fn count_call(&self, order_id: Uuid) -> Result<Option<i32>, DbError> {

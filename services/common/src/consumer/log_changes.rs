@@ -21,6 +21,7 @@ use rskafka::client::partition::{OffsetAt, PartitionClient};
 use tokio::time::Instant;
 
 use super::offsets::StoredPosition;
+use super::unreadable::is_unreadable;
 use super::{Consumer, EventHandler};
 
 /// The largest fetch made to look at a log's newest records.
@@ -135,16 +136,20 @@ impl<H: EventHandler> Consumer<H> {
             return Ok(None);
         }
         let before = position.next_offset - 1;
-        let (records, high_watermark) =
-            match client.fetch_records(before, 1..PROBE_MAX_BYTES, 0).await {
-                Ok(fetched) => fetched,
-                // Outside the log: the fetch loop judges that.
-                Err(RsKafkaError::ServerError {
-                    protocol_error: ProtocolError::OffsetOutOfRange,
-                    ..
-                }) => return Ok(None),
-                Err(err) => return Err(err),
-            };
+        // As little as the broker allows, so that an unreadable record after
+        // the one we look for cannot fail the look.
+        let (records, high_watermark) = match client.fetch_records(before, 1..2, 0).await {
+            Ok(fetched) => fetched,
+            // Outside the log: the fetch loop judges that.
+            Err(RsKafkaError::ServerError {
+                protocol_error: ProtocolError::OffsetOutOfRange,
+                ..
+            }) => return Ok(None),
+            // Nothing to compare: the fetch loop deals with what it cannot
+            // read.
+            Err(err) if is_unreadable(&err) => return Ok(None),
+            Err(err) => return Err(err),
+        };
         if high_watermark < position.next_offset {
             // Past the end: the fetch loop judges that.
             return Ok(None);

@@ -281,21 +281,16 @@ impl<H: EventHandler> Consumer<H> {
                     continue;
                 }
                 // After a fetch the client could not read, a broker that
-                // sends nothing for so small a maximum tells us nothing new:
-                // it counts as one more failure at `offset`. (Without that
-                // failure first, an empty answer below the high watermark is
-                // not evidence of anything: tansu's durable engine answers
-                // so for seconds after a restart.)
+                // sends nothing for so small a maximum cannot pin the
+                // failure to `offset`: without that, skipping could lose a
+                // good record, so the partition waits, and the stall check
+                // says where. (An empty answer below the high watermark
+                // proves nothing either: tansu's durable engine answers so
+                // for seconds after a restart.)
                 Ok((records, high_watermark))
                     if narrowed && records.is_empty() && high_watermark > offset =>
                 {
-                    let error = unreadable.error.clone();
-                    if self
-                        .unreadable_at(&mut unreadable, offset, error, &shutdown)
-                        .await
-                    {
-                        position = Some(StoredPosition::at(offset + 1));
-                    }
+                    unreadable.wait(&shutdown).await;
                     continue;
                 }
                 // After a gap in what we saw of the log (past its end, or

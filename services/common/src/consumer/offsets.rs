@@ -10,6 +10,9 @@ use super::InboundRecord;
 use crate::db::{DbError, DbPool};
 use crate::schema::consumer_offsets;
 
+/// The longest `ce_id` kept with a position; a longer one is not ours.
+const MAX_CE_ID_BYTES: usize = 256;
+
 /// A partition's stored position.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct StoredPosition {
@@ -25,15 +28,20 @@ pub struct StoredPosition {
 }
 
 impl StoredPosition {
-    /// The position after `last`, the last record of a batch.
+    /// The position after `last`, the last record of a batch. What the
+    /// record says is kept only where PostgreSQL can store it: the offset
+    /// write must never fail because of a record's contents.
     pub fn after(last: &InboundRecord) -> Self {
         Self {
             next_offset: last.offset + 1,
             last_ce_id: last
                 .headers
                 .get("ce_id")
-                .map(|id| String::from_utf8_lossy(id).into_owned()),
-            last_record_time: Some(last.timestamp),
+                .map(|id| String::from_utf8_lossy(id).into_owned())
+                .filter(|id| id.len() <= MAX_CE_ID_BYTES && !id.contains('\0')),
+            last_record_time: oms_api::validation::event_time(Some(&oms_api::time::to_timestamp(
+                last.timestamp,
+            ))),
         }
     }
 

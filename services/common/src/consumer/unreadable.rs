@@ -60,6 +60,11 @@ impl UnreadableFetches {
         }
     }
 
+    /// Waits before the next look at a failing offset, without counting.
+    pub(super) async fn wait(&mut self, shutdown: &CancellationToken) {
+        pause(&mut self.backoff, shutdown).await;
+    }
+
     /// Counts one more failure at `offset`; returns whether the record
     /// there has now failed often enough, for long enough, to be skipped.
     fn record(&mut self, offset: i64, error: String) -> bool {
