@@ -138,6 +138,19 @@ pub async fn audit(
     )
     .await?;
     let published_twice = topics.duplicated(ids).await?;
+    let duplicates = [
+        repeated_ids,
+        moved_twice as u64,
+        asked_twice as u64,
+        published_twice,
+    ];
+    if duplicates.iter().any(|&count| count > 0) {
+        eprintln!(
+            "duplicated: ids answered twice {}, orders moved twice {}, payments asked twice {}, \
+             published twice {}",
+            duplicates[0], duplicates[1], duplicates[2], duplicates[3]
+        );
+    }
     let span: Millis = diesel::sql_query(
         "SELECT COALESCE(EXTRACT(EPOCH FROM max(update_time) - min(create_time)) * 1000, 0)::float8 \
          AS value FROM order_service.orders \
@@ -150,7 +163,7 @@ pub async fn audit(
         accepted: ids.len() as u64,
         completed: completed as u64,
         lost: (distinct.len() as i64 - completed).max(0) as u64,
-        duplicated: repeated_ids + moved_twice as u64 + asked_twice as u64 + published_twice,
+        duplicated: duplicates.iter().sum(),
         completed_per_s: if span.value > 0.0 {
             completed as f64 * 1000.0 / span.value
         } else {
@@ -258,10 +271,14 @@ impl PhaseTopics {
                 *copies.entry(item).or_default() += 1;
             }
         }
-        Ok(copies
+        let over: Vec<_> = copies
             .iter()
             .filter(|(item, count)| **count > item.allowed_copies(&self.prefix))
-            .count() as u64)
+            .collect();
+        for (item, count) in over.iter().take(5) {
+            eprintln!("published {count} times: {item:?}");
+        }
+        Ok(over.len() as u64)
     }
 }
 
@@ -364,20 +381,28 @@ async fn read_partition(
     let dead_letters = topic.ends_with(DEAD_LETTER_SUFFIX);
     let mut published = Vec::new();
     let (mut offset, mut empty_fetches) = (from, 0);
+    let mut read = HashSet::new();
     loop {
         // No broker wait: tansu would hold every fetch for all of it.
         let (records, high_watermark) = partition_client
             .fetch_records(offset, 1..FETCH_MAX_BYTES, 0)
             .await
             .with_context(|| format!("fetch {topic}/{partition} at {offset}"))?;
-        if let Some(last) = records.last() {
-            offset = last.offset + 1;
+        // One record is one publish, however often the broker sends it:
+        // tansu's memory engine can answer with a record twice, or past
+        // records again, so each offset counts once.
+        let fresh: Vec<_> = records
+            .iter()
+            .filter(|record| record.offset >= offset && read.insert(record.offset))
+            .collect();
+        if let Some(next) = fresh.iter().map(|record| record.offset + 1).max() {
+            offset = next;
             empty_fetches = 0;
         } else {
             empty_fetches += 1;
         }
         published.extend(
-            records
+            fresh
                 .iter()
                 .filter_map(|record| Published::of(&record.record, dead_letters, orders)),
         );

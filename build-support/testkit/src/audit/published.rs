@@ -2,7 +2,7 @@
 //! (`ce_type`, order) and dead letters per source record, counted against
 //! what may legitimately appear.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -185,20 +185,28 @@ async fn read_partition(
     let dead_letters = topic.ends_with(DEAD_LETTER_SUFFIX);
     let mut published = Vec::new();
     let (mut offset, mut empty_fetches) = (0, 0);
+    let mut read = HashSet::new();
     loop {
         // No broker wait: tansu would hold every fetch for all of it.
         let (records, high_watermark) = partition_client
             .fetch_records(offset, 1..FETCH_MAX_BYTES, 0)
             .await
             .with_context(|| format!("fetch {topic}/{partition} at {offset}"))?;
-        if let Some(last) = records.last() {
-            offset = last.offset + 1;
+        // One record is one publish, however often the broker sends it:
+        // tansu's memory engine can answer with a record twice, or past
+        // records again, so each offset counts once.
+        let fresh: Vec<_> = records
+            .iter()
+            .filter(|record| record.offset >= offset && read.insert(record.offset))
+            .collect();
+        if let Some(next) = fresh.iter().map(|record| record.offset + 1).max() {
+            offset = next;
             empty_fetches = 0;
         } else {
             empty_fetches += 1;
         }
         published.extend(
-            records
+            fresh
                 .iter()
                 .filter_map(|record| Published::of(&record.record, dead_letters)),
         );

@@ -29,7 +29,7 @@ pub struct BatchOutcome {
 ///
 /// When the database refuses the batch with a data error (see `DbFailure`),
 /// or with an error it does not name for the `UNCLASSIFIED_FAILURES`-th time
-/// in a row (`earlier_failures` counts the batch's failed attempts), the
+/// (`earlier_failures` counts the batch's earlier such failures), the
 /// batch is applied again record by record, each in a savepoint, and the
 /// records refused on their own are dead-lettered with the reason, so one
 /// bad record never blocks its partition.

@@ -355,15 +355,20 @@ impl<H: EventHandler> Consumer<H> {
                 .collect();
             // A transient failure retries the same batch until it commits;
             // shutdown abandons it uncommitted, to be fetched again next time.
-            let mut failures = 0;
+            // Only refusals the database does not name count toward
+            // isolating the batch's records; an outage does not.
+            let mut unclassified_failures = 0;
             loop {
                 match self
-                    .commit_batch(&topic, partition, &batch, new_offset, failures)
+                    .commit_batch(&topic, partition, &batch, new_offset, unclassified_failures)
                     .await
                 {
                     Ok(()) => break,
                     Err(err) => {
-                        failures += 1;
+                        if matches!(&err, DbError::Query(query) if DbFailure::of(query) == DbFailure::Unclassified)
+                        {
+                            unclassified_failures += 1;
+                        }
                         tracing::warn!(%topic, partition, offset, error = %err, "batch failed, retrying");
                         progress.failed(format!("batch failed: {err}"));
                         if pause(&mut backoff, &shutdown).await {
