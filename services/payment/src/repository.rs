@@ -96,7 +96,10 @@ pub async fn claim_calls(
             .order(payments::create_time)
             .limit(limit)
             .select(payments::order_id)
-            // Another settlement worker's claim is its own.
+            // Two claims running at once never take the same payment. That
+            // is all: a payment whose call is in flight can be claimed again
+            // by another process's worker once this commits, so one payment
+            // instance settles at a time until issue 10's leases.
             .for_update()
             .skip_locked()
             .load(conn)
