@@ -38,10 +38,18 @@ pub enum DbError {
 
 /// Builds the service's pool. Connections are opened lazily, so this succeeds
 /// while the database is down; `prepare` is what waits for it.
-pub fn pool(config: &DatabaseConfig, schema: &'static str) -> DbPool {
+///
+/// Every connection says which instance it belongs to (`oms.instance_id`):
+/// outbox rows and pending payments default to it, so each instance
+/// publishes and settles what it wrote (see `membership`).
+pub fn pool(config: &DatabaseConfig, schema: &'static str, instance_id: &str) -> DbPool {
+    let setup = format!(
+        "SET search_path TO {schema}; SET oms.instance_id TO '{}'",
+        instance_id.replace('\'', "''")
+    );
     let mut manager_config = ManagerConfig::default();
     manager_config.custom_setup =
-        Box::new(move |url| Box::pin(connect_in_schema(url.to_owned(), schema)));
+        Box::new(move |url| Box::pin(connect_with(url.to_owned(), setup.clone())));
     let manager =
         AsyncDieselConnectionManager::new_with_config(config.url.expose(), manager_config);
     bb8::Pool::builder()
@@ -50,12 +58,9 @@ pub fn pool(config: &DatabaseConfig, schema: &'static str) -> DbPool {
         .build_unchecked(manager)
 }
 
-async fn connect_in_schema(
-    url: String,
-    schema: &'static str,
-) -> Result<AsyncPgConnection, ConnectionError> {
+async fn connect_with(url: String, setup: String) -> Result<AsyncPgConnection, ConnectionError> {
     let mut conn = AsyncPgConnection::establish(&url).await?;
-    conn.batch_execute(&format!("SET search_path TO {schema}"))
+    conn.batch_execute(&setup)
         .await
         .map_err(ConnectionError::CouldntSetupConfiguration)?;
     Ok(conn)

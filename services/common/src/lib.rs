@@ -11,6 +11,7 @@ pub mod entrypoint;
 pub mod grpc;
 pub mod health;
 pub mod kafka;
+pub mod membership;
 pub mod outbox;
 pub mod pagination;
 pub mod retry;

@@ -21,6 +21,7 @@ diesel::table! {
         header_names -> Array<Text>,
         header_values -> Array<Bytea>,
         created_at -> Timestamptz,
+        owner -> Nullable<Text>,
     }
 }
 
@@ -35,5 +36,23 @@ diesel::table! {
         created_at -> Timestamptz,
         error -> Text,
         parked_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    members (instance_id) {
+        instance_id -> Text,
+        expires_at -> Timestamptz,
+        joined_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    partition_leases (topic, partition_id) {
+        topic -> Text,
+        partition_id -> Int4,
+        owner -> Nullable<Text>,
+        epoch -> Int8,
+        expires_at -> Timestamptz,
     }
 }

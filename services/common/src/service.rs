@@ -21,6 +21,7 @@ use crate::consumer::{Consumer, ConsumerStats, EventHandler, FetchSettings};
 use crate::db::{self, DbPool};
 use crate::health::Readiness;
 use crate::kafka::{self, Producer};
+use crate::membership::{Membership, MembershipConfig};
 use crate::supervisor::{TaskHealth, supervise};
 use crate::topics::dead_letter_topic;
 use crate::{grpc, outbox, retry, shutdown};
@@ -31,6 +32,7 @@ pub struct ServiceConfig {
     pub grpc_addr: SocketAddr,
     pub database: DatabaseConfig,
     pub kafka: KafkaConfig,
+    pub membership: MembershipConfig,
     pub shutdown_grace: Duration,
 }
 
@@ -46,6 +48,7 @@ impl ServiceConfig {
             grpc_addr: listen_addr(addr_var, default_addr)?,
             database: DatabaseConfig::from_env(database_var)?,
             kafka: KafkaConfig::from_env()?,
+            membership: MembershipConfig::from_env()?,
             shutdown_grace: shutdown::grace_period()?,
         })
     }
@@ -111,12 +114,19 @@ impl<H: EventHandler> EventService<H> {
 
         let wakeup = Arc::clone(&self.relay_wakeup);
         let tasks = Arc::new(TaskHealth::default());
+        let membership = Arc::new(Membership::new(config.membership.clone(), pool.clone()));
+        tracing::info!(
+            service = self.name,
+            instance = membership.instance_id(),
+            "joining"
+        );
         let relay_stop = CancellationToken::new();
         let relay = outbox::Relay {
             pool: pool.clone(),
             producer: Arc::new(Producer::new(Arc::clone(&client))),
             max_message_bytes: config.kafka.max_message_bytes,
             stats: Arc::new(outbox::RelayStats::default()),
+            membership: Arc::clone(&membership),
         };
         let relay = {
             let (wakeup, stop) = (Arc::clone(&wakeup), relay_stop.clone());
@@ -131,6 +141,7 @@ impl<H: EventHandler> EventService<H> {
         let consumers = Consumer {
             client: Arc::clone(&client),
             pool: pool.clone(),
+            membership: Arc::clone(&membership),
             handler: Arc::new(self.handler),
             relay_wakeup: wakeup,
             stats: Arc::clone(&stats),
@@ -184,6 +195,17 @@ impl<H: EventHandler> EventService<H> {
         let _ = tokio::time::timeout_at(deadline, futures::future::join_all(workers)).await;
         relay_stop.cancel();
         let _ = tokio::time::timeout_at(deadline, relay).await;
+        // Handed back only now, so a new owner's events never overtake
+        // what this instance's relay still had to publish.
+        match tokio::time::timeout_at(deadline, membership.leave()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(err)) => {
+                tracing::warn!(error = %err, "cannot hand the partitions back; they expire instead")
+            }
+            Err(_) => {
+                tracing::warn!("no time left to hand the partitions back; they expire instead")
+            }
+        }
         server_stop.cancel();
         let _ = monitor.await;
         match tokio::time::timeout_at(deadline, server).await {

@@ -9,10 +9,34 @@ use diesel_async::{AsyncConnection, AsyncPgConnection};
 use futures::FutureExt;
 
 use super::dead_letter::dead_letter;
-use super::offsets::{StoredPosition, store_position};
+use super::offsets::{Fence, StoredPosition, store_position};
 use super::{EventHandler, InboundRecord, Rejection};
 use crate::db::{DbError, DbPool};
 use crate::outbox::{self, OutboxMessage};
+
+/// Why a batch did not commit.
+#[derive(Debug, thiserror::Error)]
+pub enum CommitError {
+    #[error(transparent)]
+    Db(#[from] DbError),
+    /// The partition's lease is no longer held under the batch's epoch:
+    /// nothing was written, and the partition belongs to someone else.
+    #[error("the partition's lease was lost (epoch {epoch})")]
+    LeaseLost { epoch: i64 },
+}
+
+/// A batch transaction's failure: the database's, or the fence's.
+#[derive(Debug)]
+enum TxError {
+    Query(diesel::result::Error),
+    LeaseLost,
+}
+
+impl From<diesel::result::Error> for TxError {
+    fn from(err: diesel::result::Error) -> Self {
+        Self::Query(err)
+    }
+}
 
 /// What one committed batch did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -23,8 +47,9 @@ pub struct BatchOutcome {
 }
 
 /// Decodes `batch`, applies its events with `handler`, writes the outbox
-/// rows they cause plus a dead letter per poison record, and stores
-/// `new_offset` for the partition, all in one transaction. (The consumer
+/// rows they cause plus a dead letter per poison record, and stores the
+/// position `at` names, all in one transaction, which commits only while
+/// its fence still holds the partition's lease. (The consumer
 /// loop's unit of work; the benchmark's PostgreSQL ceiling runs it too.)
 ///
 /// When the database refuses the batch with a data error (see `DbFailure`),
@@ -36,30 +61,64 @@ pub struct BatchOutcome {
 pub async fn commit_records<H: EventHandler>(
     pool: &DbPool,
     handler: &H,
-    topic: &str,
-    partition: i32,
+    at: &Position<'_>,
     batch: &[InboundRecord],
-    new_offset: i64,
     earlier_failures: u32,
-) -> Result<BatchOutcome, DbError> {
-    let mut conn = pool.get().await?;
-    let together = apply_together(&mut conn, handler, topic, partition, batch, new_offset).await;
+) -> Result<BatchOutcome, CommitError> {
+    let (topic, partition) = (at.topic, at.partition);
+    let mut conn = pool.get().await.map_err(DbError::from)?;
+    let together = apply_together(&mut conn, handler, at, batch).await;
     let isolate = |failure| match failure {
         DbFailure::Data => true,
         DbFailure::Unclassified => earlier_failures + 1 >= UNCLASSIFIED_FAILURES,
         DbFailure::Transient => false,
     };
+    let lost = || CommitError::LeaseLost {
+        epoch: at.fence.epoch,
+    };
     match together {
-        Err(err) if isolate(DbFailure::of(&err)) => {
+        Ok(outcome) => Ok(outcome),
+        Err(TxError::LeaseLost) => Err(lost()),
+        Err(TxError::Query(err)) if isolate(DbFailure::of(&err)) => {
             tracing::warn!(
                 %topic, partition, offset = batch.first().map(|r| r.offset), error = %err,
                 "the database refused a batch, applying its records one by one"
             );
-            let outcome =
-                apply_one_by_one(&mut conn, handler, topic, partition, batch, new_offset).await?;
-            Ok(outcome)
+            match apply_one_by_one(&mut conn, handler, at, batch).await {
+                Ok(outcome) => Ok(outcome),
+                Err(TxError::LeaseLost) => Err(lost()),
+                Err(TxError::Query(err)) => Err(DbError::from(err).into()),
+            }
         }
-        other => Ok(other?),
+        Err(TxError::Query(err)) => Err(DbError::from(err).into()),
+    }
+}
+
+/// Where a batch's transaction writes the partition's next position, and
+/// the lease it must hold to do so.
+#[derive(Debug, Clone, Copy)]
+pub struct Position<'a> {
+    pub topic: &'a str,
+    pub partition: i32,
+    /// The offset after the batch.
+    pub new_offset: i64,
+    pub fence: &'a Fence,
+}
+
+impl Position<'_> {
+    /// Stores the position after `batch`, last in its transaction, or fails
+    /// the transaction when the lease is lost.
+    async fn store(
+        &self,
+        conn: &mut AsyncPgConnection,
+        batch: &[InboundRecord],
+    ) -> Result<(), TxError> {
+        let position = position_after(batch, self.new_offset);
+        if store_position(conn, self.topic, self.partition, &position, self.fence).await? {
+            Ok(())
+        } else {
+            Err(TxError::LeaseLost)
+        }
     }
 }
 
@@ -72,11 +131,9 @@ const UNCLASSIFIED_FAILURES: u32 = 3;
 async fn apply_together<H: EventHandler>(
     conn: &mut AsyncPgConnection,
     handler: &H,
-    topic: &str,
-    partition: i32,
+    at: &Position<'_>,
     batch: &[InboundRecord],
-    new_offset: i64,
-) -> QueryResult<BatchOutcome> {
+) -> Result<BatchOutcome, TxError> {
     let mut outbox_messages = Vec::new();
     let mut events = Vec::with_capacity(batch.len());
     for record in batch {
@@ -88,10 +145,10 @@ async fn apply_together<H: EventHandler>(
     let dead_letters = outbox_messages.len() as u64;
     let applied = events.len() as u64;
     let wrote_outbox = conn
-        .transaction::<_, diesel::result::Error, _>(async |conn| {
+        .transaction::<_, TxError, _>(async |conn| {
             outbox_messages.extend(apply_guarded(handler, conn, events).await?);
             outbox::enqueue(conn, &outbox_messages).await?;
-            store_position(conn, topic, partition, &position_after(batch, new_offset)).await?;
+            at.store(conn, batch).await?;
             Ok(!outbox_messages.is_empty())
         })
         .await?;
@@ -108,12 +165,10 @@ async fn apply_together<H: EventHandler>(
 async fn apply_one_by_one<H: EventHandler>(
     conn: &mut AsyncPgConnection,
     handler: &H,
-    topic: &str,
-    partition: i32,
+    at: &Position<'_>,
     batch: &[InboundRecord],
-    new_offset: i64,
-) -> QueryResult<BatchOutcome> {
-    conn.transaction::<_, diesel::result::Error, _>(async |conn| {
+) -> Result<BatchOutcome, TxError> {
+    conn.transaction::<_, TxError, _>(async |conn| {
         let mut outcome = BatchOutcome {
             applied: 0,
             dead_letters: 0,
@@ -136,7 +191,7 @@ async fn apply_one_by_one<H: EventHandler>(
         // The offset is written last: if the server itself is failing (a
         // full disk refuses every write), this fails too and the whole batch
         // is retried instead of being dead-lettered.
-        store_position(conn, topic, partition, &position_after(batch, new_offset)).await?;
+        at.store(conn, batch).await?;
         outcome.wrote_outbox = !outbox_messages.is_empty();
         Ok(outcome)
     })

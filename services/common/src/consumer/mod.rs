@@ -39,18 +39,20 @@ use diesel_async::AsyncPgConnection;
 use rskafka::client::Client;
 use rskafka::client::error::{Error as RsKafkaError, ProtocolError};
 use rskafka::client::partition::PartitionClient;
-use tokio::sync::Notify;
+use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use oms_api::{Event, EventEnvelope};
 
-pub use commit::{BatchOutcome, DbFailure, commit_records};
+pub use commit::{BatchOutcome, CommitError, DbFailure, Position, commit_records};
+pub use offsets::Fence;
 pub use progress::{ConsumerProgress, PartitionProgress};
 pub use unreadable::MAX_UNREADABLE_FETCHES;
 
 use crate::config::KafkaConfig;
 use crate::db::{DbError, DbPool};
+use crate::membership::Membership;
 use crate::outbox::OutboxMessage;
 use crate::retry::Backoff;
 use log_changes::{LogWatch, OutOfRange, PastEnd};
@@ -186,10 +188,47 @@ impl FetchSettings {
     }
 }
 
+/// The lease a partition task works under.
+#[derive(Debug, Clone)]
+pub struct Grant {
+    pub fence: Fence,
+    /// When to stop fetching, by this process's clock, unless the lease is
+    /// renewed meanwhile (a renewal sends a later deadline).
+    pub deadline: watch::Receiver<Instant>,
+}
+
+impl Grant {
+    /// Waits until the lease is surely still ours by our own clock; `false`
+    /// on shutdown, or when the lease's owner dropped it.
+    async fn wait_until_valid(&mut self, shutdown: &CancellationToken) -> bool {
+        let mut reported = false;
+        loop {
+            if Instant::now() < *self.deadline.borrow_and_update() {
+                return true;
+            }
+            if !reported {
+                tracing::warn!(
+                    epoch = self.fence.epoch,
+                    "lease not renewed in time, fetching paused"
+                );
+                reported = true;
+            }
+            let deadline = *self.deadline.borrow();
+            tokio::select! {
+                changed = self.deadline.changed() => if changed.is_err() { return false },
+                // A deadline in the past: check again when one could come.
+                _ = tokio::time::sleep_until(deadline.max(Instant::now()) + Duration::from_millis(100)) => {}
+                _ = shutdown.cancelled() => return false,
+            }
+        }
+    }
+}
+
 /// Everything a partition task needs.
 pub struct Consumer<H> {
     pub client: Arc<Client>,
     pub pool: DbPool,
+    pub membership: Arc<Membership>,
     pub handler: Arc<H>,
     /// Notified after a commit that wrote outbox rows.
     pub relay_wakeup: Arc<Notify>,
@@ -198,7 +237,15 @@ pub struct Consumer<H> {
 }
 
 impl<H: EventHandler> Consumer<H> {
-    async fn consume_partition(&self, client: PartitionClient, shutdown: CancellationToken) {
+    /// Consumes one partition under `grant` until `shutdown`, or until the
+    /// lease is lost, when it cancels `shutdown` itself (the partition's own
+    /// token) so the task is not started again.
+    async fn consume_partition(
+        &self,
+        client: PartitionClient,
+        mut grant: Grant,
+        shutdown: CancellationToken,
+    ) {
         let topic = client.topic().to_owned();
         let partition = client.partition();
         let mut backoff = Backoff::transient();
@@ -220,6 +267,9 @@ impl<H: EventHandler> Consumer<H> {
                 continue;
             };
             let offset = current.next_offset;
+            if !grant.wait_until_valid(&shutdown).await {
+                return;
+            }
             // Checked first: even an elapsed timer waits for tokio's next tick.
             if Instant::now() < next_fetch_at {
                 tokio::select! {
@@ -318,7 +368,13 @@ impl<H: EventHandler> Consumer<H> {
                 Ok((records, _)) => records,
                 Err(err) if is_unreadable(&err) => {
                     if self
-                        .unreadable_at(&mut unreadable, offset, err.to_string(), &shutdown)
+                        .unreadable_at(
+                            &mut unreadable,
+                            offset,
+                            err.to_string(),
+                            &grant.fence,
+                            &shutdown,
+                        )
                         .await
                     {
                         position = Some(StoredPosition::at(offset + 1));
@@ -360,11 +416,26 @@ impl<H: EventHandler> Consumer<H> {
             let mut unclassified_failures = 0;
             loop {
                 match self
-                    .commit_batch(&topic, partition, &batch, new_offset, unclassified_failures)
+                    .commit_batch(
+                        &topic,
+                        partition,
+                        &batch,
+                        new_offset,
+                        unclassified_failures,
+                        &grant.fence,
+                    )
                     .await
                 {
                     Ok(()) => break,
-                    Err(err) => {
+                    Err(CommitError::LeaseLost { epoch }) => {
+                        tracing::warn!(
+                            instance = self.membership.instance_id(), %topic, partition, epoch, offset,
+                            "lease lost: the batch was rolled back and the partition dropped"
+                        );
+                        shutdown.cancel();
+                        return;
+                    }
+                    Err(CommitError::Db(err)) => {
                         if matches!(&err, DbError::Query(query) if DbFailure::of(query) == DbFailure::Unclassified)
                         {
                             unclassified_failures += 1;
@@ -406,17 +477,16 @@ impl<H: EventHandler> Consumer<H> {
         batch: &[InboundRecord],
         new_offset: i64,
         earlier_failures: u32,
-    ) -> Result<(), DbError> {
-        let outcome = commit_records(
-            &self.pool,
-            &*self.handler,
+        fence: &Fence,
+    ) -> Result<(), CommitError> {
+        let at = Position {
             topic,
             partition,
-            batch,
             new_offset,
-            earlier_failures,
-        )
-        .await?;
+            fence,
+        };
+        let outcome =
+            commit_records(&self.pool, &*self.handler, &at, batch, earlier_failures).await?;
         if outcome.wrote_outbox {
             self.relay_wakeup.notify_one();
         }

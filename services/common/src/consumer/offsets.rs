@@ -2,8 +2,10 @@
 //! the transaction of the batch it covers, with what it last read there.
 
 use chrono::{DateTime, Utc};
+use std::sync::Arc;
+
 use diesel::prelude::*;
-use diesel::upsert::excluded;
+use diesel::sql_types::{BigInt, Integer, Nullable, Text, Timestamptz};
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 
 use super::InboundRecord;
@@ -83,29 +85,48 @@ pub(super) async fn load_position(
         .unwrap_or_default())
 }
 
+/// The lease a batch was fetched under: its commit must still hold it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fence {
+    pub owner: Arc<str>,
+    pub epoch: i64,
+}
+
+/// Writes the partition's position, only while `fence` still holds the
+/// partition's lease, and returns whether it did. The lease row is locked
+/// (FOR SHARE) until the transaction ends, so a takeover waits for this
+/// commit and then reads the position it wrote; a batch fetched under a
+/// lease that has since expired or passed to another epoch writes nothing,
+/// and the caller rolls its whole transaction back. So a position never
+/// moves backwards, however many instances think they own the partition.
 pub(super) async fn store_position(
     conn: &mut AsyncPgConnection,
     topic: &str,
     partition: i32,
     position: &StoredPosition,
-) -> QueryResult<()> {
-    diesel::insert_into(consumer_offsets::table)
-        .values((
-            consumer_offsets::topic.eq(topic),
-            consumer_offsets::partition_id.eq(partition),
-            consumer_offsets::next_offset.eq(position.next_offset),
-            consumer_offsets::last_ce_id.eq(&position.last_ce_id),
-            consumer_offsets::last_record_time.eq(position.last_record_time),
-        ))
-        .on_conflict((consumer_offsets::topic, consumer_offsets::partition_id))
-        .do_update()
-        .set((
-            consumer_offsets::next_offset.eq(excluded(consumer_offsets::next_offset)),
-            consumer_offsets::last_ce_id.eq(excluded(consumer_offsets::last_ce_id)),
-            consumer_offsets::last_record_time.eq(excluded(consumer_offsets::last_record_time)),
-            consumer_offsets::updated_at.eq(diesel::dsl::now),
-        ))
-        .execute(conn)
-        .await?;
-    Ok(())
+    fence: &Fence,
+) -> QueryResult<bool> {
+    let written = diesel::sql_query(
+        "INSERT INTO consumer_offsets \
+             (topic, partition_id, next_offset, last_ce_id, last_record_time) \
+         SELECT $1, $2, $3, $4, $5 FROM partition_leases \
+         WHERE topic = $1 AND partition_id = $2 AND owner = $6 AND epoch = $7 \
+           AND expires_at > clock_timestamp() \
+         FOR SHARE \
+         ON CONFLICT (topic, partition_id) DO UPDATE SET \
+             next_offset = excluded.next_offset, \
+             last_ce_id = excluded.last_ce_id, \
+             last_record_time = excluded.last_record_time, \
+             updated_at = now()",
+    )
+    .bind::<Text, _>(topic)
+    .bind::<Integer, _>(partition)
+    .bind::<BigInt, _>(position.next_offset)
+    .bind::<Nullable<Text>, _>(&position.last_ce_id)
+    .bind::<Nullable<Timestamptz>, _>(position.last_record_time)
+    .bind::<Text, _>(&*fence.owner)
+    .bind::<BigInt, _>(fence.epoch)
+    .execute(conn)
+    .await?;
+    Ok(written == 1)
 }

@@ -100,6 +100,15 @@ impl ConsumerProgress {
         )
     }
 
+    /// Stops watching a partition this instance no longer consumes; taken
+    /// again, it starts afresh.
+    pub fn forget(&self, topic: &str, partition: i32) {
+        self.partitions
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .remove(&(topic.to_owned(), partition));
+    }
+
     /// `Err` describing every partition with records waiting that has not
     /// moved for `stall_after`.
     pub fn check(&self, stall_after: Duration) -> Result<(), String> {

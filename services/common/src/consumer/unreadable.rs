@@ -13,7 +13,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::dead_letter::skipped_record;
-use super::offsets::{StoredPosition, store_position};
+use super::offsets::{Fence, StoredPosition, store_position};
 use super::{Consumer, EventHandler, pause};
 use crate::db::DbError;
 use crate::outbox;
@@ -107,6 +107,7 @@ impl<H: EventHandler> Consumer<H> {
         unreadable: &mut UnreadableFetches,
         offset: i64,
         error: String,
+        fence: &Fence,
         shutdown: &CancellationToken,
     ) -> bool {
         let (topic, partition) = (unreadable.topic.clone(), unreadable.partition);
@@ -123,7 +124,20 @@ impl<H: EventHandler> Consumer<H> {
             let mut conn = self.pool.get().await?;
             conn.transaction::<_, diesel::result::Error, _>(async |conn| {
                 outbox::enqueue(conn, std::slice::from_ref(&letter)).await?;
-                store_position(conn, &topic, partition, &StoredPosition::at(offset + 1)).await
+                // Under a lost lease, nothing: the next owner skips it.
+                if store_position(
+                    conn,
+                    &topic,
+                    partition,
+                    &StoredPosition::at(offset + 1),
+                    fence,
+                )
+                .await?
+                {
+                    Ok(())
+                } else {
+                    Err(diesel::result::Error::RollbackTransaction)
+                }
             })
             .await?;
             Ok::<_, DbError>(())

@@ -19,6 +19,13 @@
 //! `outbox_parked`, logged and counted, and the rows behind it go on. When a
 //! request of several rows is refused as invalid, its rows are sent again one
 //! per request, so that only the culprit is parked.
+//!
+//! With several instances, each relay publishes the rows its own instance
+//! wrote (`owner`, set from the connection's `oms.instance_id`), so exactly
+//! one relay publishes a row and a row is published by the instance that
+//! wrote it, in id order. Rows of an instance that is no longer a member
+//! (see `membership`) are adopted by another relay at its next sweep, and
+//! rows with no owner (written by hand) by any.
 
 mod relay;
 
@@ -81,14 +88,54 @@ pub struct OutboxRow {
     pub header_values: Vec<Vec<u8>>,
 }
 
-/// The oldest `limit` rows waiting to be published.
-pub async fn load_pending(conn: &mut AsyncPgConnection, limit: i64) -> QueryResult<Vec<OutboxRow>> {
+/// The oldest `limit` rows of `owner` waiting to be published.
+pub async fn load_pending(
+    conn: &mut AsyncPgConnection,
+    owner: &str,
+    limit: i64,
+) -> QueryResult<Vec<OutboxRow>> {
     outbox::table
+        .filter(outbox::owner.eq(owner))
         .select(OutboxRow::as_select())
         .order(outbox::id)
         .limit(limit)
         .load(conn)
         .await
+}
+
+/// Makes `owner` the owner of rows whose owner is no longer a member (or
+/// that have none), and returns how many. Of two instances adopting at
+/// once, the second finds the rows owned by a live member and leaves them.
+pub async fn adopt_orphans(conn: &mut AsyncPgConnection, owner: &str) -> QueryResult<usize> {
+    diesel::sql_query(
+        "UPDATE outbox SET owner = $1 \
+         WHERE owner IS DISTINCT FROM $1 \
+           AND NOT EXISTS (SELECT 1 FROM members m \
+                           WHERE m.instance_id = outbox.owner AND m.expires_at > now())",
+    )
+    .bind::<Text, _>(owner)
+    .execute(conn)
+    .await
+}
+
+/// The newest row of `owner` waiting now, if any.
+pub async fn newest_of(conn: &mut AsyncPgConnection, owner: &str) -> QueryResult<Option<i64>> {
+    outbox::table
+        .filter(outbox::owner.eq(owner))
+        .select(diesel::dsl::max(outbox::id))
+        .first(conn)
+        .await
+}
+
+/// Whether rows of `owner` up to `id` still wait.
+pub async fn waits_up_to(conn: &mut AsyncPgConnection, owner: &str, id: i64) -> QueryResult<bool> {
+    diesel::select(diesel::dsl::exists(
+        outbox::table
+            .filter(outbox::owner.eq(owner))
+            .filter(outbox::id.le(id)),
+    ))
+    .get_result(conn)
+    .await
 }
 
 /// Deletes rows the broker has acknowledged.

@@ -14,9 +14,10 @@ use rskafka::record::Record;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use super::{OutboxRow, RELAY_BATCH, delete_published, load_pending, park};
+use super::{OutboxRow, RELAY_BATCH, adopt_orphans, delete_published, load_pending, park};
 use crate::db::{DbError, DbPool};
 use crate::kafka::{KafkaError, Producer, RECORD_BATCH_OVERHEAD, encoded_size, partition_for_key};
+use crate::membership::Membership;
 use crate::retry::Backoff;
 
 /// How often the relay looks for rows nobody woke it for, such as rows left
@@ -29,6 +30,10 @@ enum RelayError {
     Db(#[from] DbError),
     #[error(transparent)]
     Kafka(#[from] KafkaError),
+    /// Rows of an instance that is no longer surely a member may have been
+    /// adopted by another, so they are not published until it renews.
+    #[error("membership not renewed in time: publishing paused")]
+    NotMember,
 }
 
 impl From<diesel::result::Error> for RelayError {
@@ -74,6 +79,9 @@ pub struct Relay {
     /// The broker's `message.max.bytes`: no produce request is larger.
     pub max_message_bytes: usize,
     pub stats: Arc<RelayStats>,
+    /// Whose rows this relay publishes: its own instance's, and those it
+    /// adopts from instances that are gone.
+    pub membership: Arc<Membership>,
 }
 
 /// A row routed and encoded, ready to go in a request.
@@ -109,7 +117,14 @@ impl Relay {
     /// after each commit that wrote rows) and sweeps on a timer as a fallback.
     pub async fn run(self, wakeup: Arc<Notify>, shutdown: CancellationToken) {
         let mut backoff = Backoff::transient();
+        let mut sweep = true;
         loop {
+            if sweep {
+                sweep = false;
+                if let Err(err) = self.adopt().await {
+                    tracing::warn!(error = %err, "cannot adopt outbox rows of instances that are gone");
+                }
+            }
             match self.publish_pending().await {
                 Ok(()) => backoff.reset(),
                 Err(err) => {
@@ -122,19 +137,42 @@ impl Relay {
             }
             tokio::select! {
                 _ = wakeup.notified() => {}
-                _ = tokio::time::sleep(RELAY_SWEEP_INTERVAL) => {}
+                _ = tokio::time::sleep(RELAY_SWEEP_INTERVAL) => sweep = true,
                 _ = shutdown.cancelled() => return,
             }
         }
+    }
+
+    /// Takes over the rows of instances that are no longer members, and
+    /// rows nobody owns.
+    async fn adopt(&self) -> Result<(), RelayError> {
+        if !self.membership.is_member() {
+            return Ok(());
+        }
+        let mut conn = self.pool.get().await.map_err(DbError::from)?;
+        let adopted = adopt_orphans(&mut conn, self.membership.instance_id()).await?;
+        if adopted > 0 {
+            tracing::info!(
+                instance = self.membership.instance_id(),
+                rows = adopted,
+                "adopted outbox rows of instances that are gone"
+            );
+        }
+        Ok(())
     }
 
     /// Publishes rows until the outbox is empty. Each round either removes
     /// every row it read (published or parked) or fails, so this ends.
     async fn publish_pending(&self) -> Result<(), RelayError> {
         loop {
+            // Not a member yet (starting) or any more (paused past the
+            // lease): the rows wait for the next round.
+            if !self.membership.is_member() {
+                return Ok(());
+            }
             let rows = {
                 let mut conn = self.pool.get().await.map_err(DbError::from)?;
-                load_pending(&mut conn, RELAY_BATCH).await?
+                load_pending(&mut conn, self.membership.instance_id(), RELAY_BATCH).await?
             };
             if rows.is_empty() {
                 return Ok(());
@@ -195,6 +233,11 @@ impl Relay {
     ) -> Result<(), RelayError> {
         let mut requests = split_by_size(rows, self.max_message_bytes);
         while let Some(request) = requests.pop_front() {
+            // Checked right before each request: rows loaded before a pause
+            // may have been adopted by another instance since.
+            if !self.membership.is_member() {
+                return Err(RelayError::NotMember);
+            }
             let sent = produce(client, &request).await;
             match sent {
                 Ok(()) => self.acknowledged(topic, partition, &request).await?,
