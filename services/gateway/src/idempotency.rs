@@ -16,15 +16,14 @@
 //! keyed call whose claim cannot be made is refused with UNAVAILABLE rather
 //! than published unclaimed.
 
-use tonic::transport::Channel;
 use uuid::Uuid;
 
-use oms_api::orders::internal::v1::order_query_service_client::OrderQueryServiceClient;
 use oms_api::orders::internal::v1::{ClaimOutcome, ClaimRequestKeyRequest};
 use oms_api::orders::v1::Order;
 
 use crate::error::GatewayError;
 use crate::service::upstream_error;
+use crate::upstream::OrderService;
 use crate::validation::ValidOrder;
 
 /// The namespace of derived order ids. Changing it would break retries that
@@ -79,16 +78,20 @@ pub fn fingerprint(order: &ValidOrder) -> Uuid {
 /// service. Returns the recorded order when the request is a retry of it,
 /// and `None` when the order is to be published.
 pub async fn claim_key(
-    orders: &OrderQueryServiceClient<Channel>,
+    orders: &OrderService,
     order_id: Uuid,
     order: &ValidOrder,
     request_id: &str,
 ) -> Result<Option<Order>, GatewayError> {
+    let claim = ClaimRequestKeyRequest {
+        order_id: order_id.to_string(),
+        fingerprint: fingerprint(order).to_string(),
+    };
+    // A claim is idempotent: made again, it finds the key it bound.
     let response = orders
-        .clone()
-        .claim_request_key(ClaimRequestKeyRequest {
-            order_id: order_id.to_string(),
-            fingerprint: fingerprint(order).to_string(),
+        .call(|mut client| {
+            let claim = claim.clone();
+            async move { client.claim_request_key(claim).await }
         })
         .await
         .map_err(upstream_error)?

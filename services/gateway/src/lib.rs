@@ -6,6 +6,7 @@ pub mod error;
 pub mod idempotency;
 pub mod service;
 pub mod startup;
+pub mod upstream;
 pub mod validation;
 pub mod watch;
 

@@ -7,14 +7,12 @@ use chrono::Utc;
 use tokio::sync::OnceCell;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::Channel;
 use tonic::{Code, Request, Response, Status};
 use uuid::Uuid;
 
 use oms_api::EventEnvelope;
 use oms_api::orders::events::v1::OrderCreated;
 use oms_api::orders::internal::v1::GetOrderRequest as InternalGetOrderRequest;
-use oms_api::orders::internal::v1::order_query_service_client::OrderQueryServiceClient;
 use oms_api::orders::v1::order_service_server::OrderService;
 use oms_api::orders::v1::{
     CreateOrderRequest, GetOrderRequest, ListOrdersRequest, ListOrdersResponse, Order, OrderStatus,
@@ -27,6 +25,7 @@ use tonic_types::FieldViolation;
 
 use crate::error::GatewayError;
 use crate::idempotency;
+use crate::upstream::OrderService as OrderServiceInstances;
 use crate::validation::{ValidOrder, validate_create_order, validate_list_orders};
 use crate::watch::OrderStream;
 
@@ -39,7 +38,8 @@ pub struct Gateway {
     /// Batches `order-created` records: concurrent calls share produce
     /// requests, and each call still waits for its own acknowledgement.
     pub producer: Arc<OnceCell<Arc<BatchingProducer>>>,
-    pub orders: OrderQueryServiceClient<Channel>,
+    /// The order service's instances, for reads, watches and key claims.
+    pub orders: Arc<OrderServiceInstances>,
     /// The longest a CreateOrder waits for the broker's acknowledgement.
     pub publish_timeout: Duration,
     /// Ends open WatchOrder streams when the gateway stops.
@@ -129,11 +129,14 @@ impl Gateway {
 
     /// Asks the order service for an order; `None` when it is not recorded.
     async fn find_order(&self, order_id: &str) -> Result<Option<Order>, GatewayError> {
+        let request = InternalGetOrderRequest {
+            order_id: order_id.to_owned(),
+        };
         let response = self
             .orders
-            .clone()
-            .get_order(InternalGetOrderRequest {
-                order_id: order_id.to_owned(),
+            .call(|mut client| {
+                let request = request.clone();
+                async move { client.get_order(request).await }
             })
             .await;
         match response {
@@ -170,7 +173,14 @@ impl Gateway {
         request: ListOrdersRequest,
     ) -> Result<ListOrdersResponse, GatewayError> {
         validate_list_orders(&request).map_err(GatewayError::InvalidArgument)?;
-        match self.orders.clone().list_orders(request).await {
+        let response = self
+            .orders
+            .call(|mut client| {
+                let request = request.clone();
+                async move { client.list_orders(request).await }
+            })
+            .await;
+        match response {
             Ok(response) => Ok(response.into_inner()),
             // The order service checked the one thing the gateway cannot.
             Err(status) if status.code() == Code::InvalidArgument => {

@@ -8,9 +8,7 @@ use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio::sync::OnceCell;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::Endpoint;
 
-use oms_api::orders::internal::v1::order_query_service_client::OrderQueryServiceClient;
 use oms_api::orders::v1::order_service_server::OrderServiceServer;
 use oms_common::batching::BatchingProducer;
 use oms_common::config::{ConfigError, KafkaConfig, listen_addr, var};
@@ -22,6 +20,7 @@ use oms_common::shutdown;
 use oms_common::topics::{ORDER_CREATED, TopicNames};
 
 use crate::service::Gateway;
+use crate::upstream::{OrderService, parse_targets};
 
 pub const SERVICE_NAME: &str = "gateway";
 
@@ -46,7 +45,7 @@ impl GatewayConfig {
     pub fn from_env() -> Result<Self, ConfigError> {
         let order_service_url =
             var("ORDER_SERVICE_URL").unwrap_or_else(|| "http://127.0.0.1:50052".into());
-        Endpoint::from_shared(order_service_url.clone())
+        parse_targets(&order_service_url)
             .map_err(|err| ConfigError::new("ORDER_SERVICE_URL", &order_service_url, err))?;
         Ok(Self {
             grpc_addr: listen_addr("GATEWAY_GRPC_ADDR", "0.0.0.0:50051")?,
@@ -92,15 +91,14 @@ impl Application {
     pub async fn run_until(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let config = self.config;
         let topic = TopicNames::new(config.kafka.topic_prefix.clone()).name(ORDER_CREATED);
-        let orders = Endpoint::from_shared(config.order_service_url.clone())?
-            .connect_timeout(Duration::from_secs(2))
-            .timeout(Duration::from_secs(5))
-            .tcp_nodelay(true)
-            .connect_lazy();
+        let targets = parse_targets(&config.order_service_url)
+            .map_err(|err| anyhow::anyhow!("invalid ORDER_SERVICE_URL: {err}"))?;
+        let orders = OrderService::connect(targets).await;
+        tokio::spawn(Arc::clone(&orders).keep_resolving(shutdown.clone()));
         let producer = Arc::new(OnceCell::new());
         let gateway = Gateway {
             producer: Arc::clone(&producer),
-            orders: OrderQueryServiceClient::new(orders),
+            orders,
             publish_timeout: config.publish_timeout,
             shutdown: shutdown.clone(),
         };

@@ -1,12 +1,14 @@
-//! `WatchOrder`: the gateway forwards each watch to the order service over
-//! its one HTTP/2 connection (a stream per watcher, not a connection), so
-//! a thousand watchers cost the gateway one connection and the order service
-//! one database listener.
+//! `WatchOrder`: the gateway forwards each watch to an order-service
+//! instance over its one HTTP/2 connection to it (a stream per watcher, not
+//! a connection), so a thousand watchers cost the gateway one connection
+//! per instance and each instance one database listener.
 
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::{Stream, StreamExt};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tonic::{Code, Request, Status, Streaming};
 use tonic_types::FieldViolation;
@@ -16,6 +18,7 @@ use oms_api::orders::v1::{Order, WatchOrderRequest};
 
 use crate::error::GatewayError;
 use crate::service::{Gateway, upstream_error};
+use crate::upstream::{OrderService as OrderServiceInstances, is_unreachable};
 
 pub type OrderStream = Pin<Box<dyn Stream<Item = Result<Order, Status>> + Send>>;
 
@@ -31,40 +34,91 @@ impl Gateway {
                 "must be a UUID",
             )]));
         }
-        let order_id = request.order_id.clone();
-        let mut forwarded = Request::new(request);
-        if let Some(timeout) = timeout {
-            forwarded.set_timeout(timeout);
-        }
-        let changes = self
-            .orders
-            .clone()
-            .watch_order(forwarded)
+        let deadline = timeout.map(|timeout| Instant::now() + timeout);
+        let changes = subscribe(&self.orders, &request, deadline)
             .await
-            .map_err(|status| watch_error(&order_id, status))?
-            .into_inner();
-        Ok(forward(order_id, changes, self.shutdown.clone()))
+            .map_err(|status| watch_error(&request.order_id, status))?;
+        Ok(forward(Watch {
+            orders: Arc::clone(&self.orders),
+            request,
+            deadline,
+            changes,
+            last_status: None,
+            resubscribed: 0,
+            shutdown: self.shutdown.clone(),
+        }))
     }
 }
 
-/// Passes the order service's messages on. A stream that stops before a
-/// terminal state always ends with an error, so a caller never mistakes a
-/// shutdown for the end of the order's life.
-fn forward(
-    order_id: String,
+/// Times in a row a watch may be taken to another instance without a
+/// message in between, before the caller gets the error.
+const MAX_RESUBSCRIBES: u32 = 5;
+
+/// One caller's watch, as forwarded to some order-service instance.
+struct Watch {
+    orders: Arc<OrderServiceInstances>,
+    request: WatchOrderRequest,
+    deadline: Option<Instant>,
     changes: Streaming<Order>,
+    /// The status last passed on: a watch opened again starts with the
+    /// order's current state, which the caller may have seen already.
+    last_status: Option<i32>,
+    resubscribed: u32,
     shutdown: CancellationToken,
-) -> OrderStream {
-    let state = Some((changes, order_id, shutdown));
-    Box::pin(futures::stream::unfold(state, |state| async move {
-        let (mut changes, order_id, shutdown) = state?;
-        let next = tokio::select! {
-            next = changes.next() => next?,
-            _ = shutdown.cancelled() => return Some((Err(GatewayError::ShuttingDown.into()), None)),
-        };
-        match next {
-            Ok(order) => Some((Ok(order), Some((changes, order_id, shutdown)))),
-            Err(status) => Some((Err(watch_error(&order_id, status).into()), None)),
+}
+
+/// Opens the watch on an instance that answers, with what is left of the
+/// caller's deadline.
+async fn subscribe(
+    orders: &OrderServiceInstances,
+    request: &WatchOrderRequest,
+    deadline: Option<Instant>,
+) -> Result<Streaming<Order>, Status> {
+    orders
+        .call(|mut client| {
+            let mut forwarded = Request::new(request.clone());
+            if let Some(deadline) = deadline {
+                forwarded.set_timeout(deadline.saturating_duration_since(Instant::now()));
+            }
+            async move { Ok(client.watch_order(forwarded).await?.into_inner()) }
+        })
+        .await
+}
+
+/// Passes the order service's messages on. When the instance serving the
+/// watch goes away (stopped, killed, unreachable), the watch is opened
+/// again on another and goes on from the state the caller saw last: an
+/// order's states only move forward, and every watch starts with the
+/// current one, so nothing in between is missed. A stream that stops
+/// before a terminal state always ends with an error, so a caller never
+/// mistakes a shutdown for the end of the order's life.
+fn forward(watch: Watch) -> OrderStream {
+    Box::pin(futures::stream::unfold(Some(watch), |state| async move {
+        let mut watch = state?;
+        loop {
+            let next = tokio::select! {
+                next = watch.changes.next() => next?,
+                _ = watch.shutdown.cancelled() => return Some((Err(GatewayError::ShuttingDown.into()), None)),
+            };
+            let status = match next {
+                Ok(order) if watch.last_status == Some(order.status) => continue,
+                Ok(order) => {
+                    watch.last_status = Some(order.status);
+                    watch.resubscribed = 0;
+                    return Some((Ok(order), Some(watch)));
+                }
+                Err(status) => status,
+            };
+            let order_id = watch.request.order_id.clone();
+            if !is_unreachable(&status) || watch.resubscribed >= MAX_RESUBSCRIBES {
+                return Some((Err(watch_error(&order_id, status).into()), None));
+            }
+            tracing::info!(%order_id, error = %status, "the order service instance serving a watch went away, watching on another");
+            watch.resubscribed += 1;
+            match subscribe(&watch.orders, &watch.request, watch.deadline).await {
+                Ok(changes) => watch.changes = changes,
+                Err(status) => return Some((Err(watch_error(&order_id, status).into()), None)),
+            }
         }
     }))
 }

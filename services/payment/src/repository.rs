@@ -11,6 +11,26 @@ use uuid::Uuid;
 
 use crate::schema::payments;
 
+/// Payments this instance settles: those it recorded (`settler` defaults to
+/// the connection's `oms.instance_id`), those of instances that are no
+/// longer members (see `oms_common::membership`), and those nobody owns.
+/// With several payment instances, a payment whose provider call is in
+/// flight is therefore never asked about by another live instance.
+fn settled_here() -> diesel::expression::SqlLiteral<diesel::sql_types::Bool> {
+    diesel::dsl::sql(
+        "(settler IS NULL \
+          OR settler = current_setting('oms.instance_id', true) \
+          OR NOT EXISTS (SELECT 1 FROM members m \
+                         WHERE m.instance_id = payments.settler AND m.expires_at > now()))",
+    )
+}
+
+/// This connection's instance, to adopt a payment.
+fn this_instance()
+-> diesel::expression::SqlLiteral<diesel::sql_types::Nullable<diesel::sql_types::Text>> {
+    diesel::dsl::sql("NULLIF(current_setting('oms.instance_id', true), '')")
+}
+
 pub const STATUS_PENDING: &str = "PENDING";
 pub const STATUS_COMPLETED: &str = "COMPLETED";
 pub const STATUS_DECLINED: &str = "DECLINED";
@@ -93,13 +113,12 @@ pub async fn claim_calls(
             .filter(payments::status.eq(STATUS_PENDING))
             .filter(payments::attempts.lt(max_calls))
             .filter(payments::order_id.ne_all(skip))
+            .filter(settled_here())
             .order(payments::create_time)
             .limit(limit)
             .select(payments::order_id)
-            // Two claims running at once never take the same payment. That
-            // is all: a payment whose call is in flight can be claimed again
-            // by another process's worker once this commits, so one payment
-            // instance settles at a time until issue 10's leases.
+            // Two claims running at once never take the same payment, and
+            // the claim makes the payment this instance's to settle.
             .for_update()
             .skip_locked()
             .load(conn)
@@ -111,6 +130,7 @@ pub async fn claim_calls(
             .set((
                 payments::attempts.eq(payments::attempts + 1),
                 payments::update_time.eq(diesel::dsl::now),
+                payments::settler.eq(this_instance()),
             ))
             .returning(PaymentRow::as_returning())
             .get_results(conn)
@@ -131,6 +151,7 @@ pub async fn out_of_calls(
         .filter(payments::status.eq(STATUS_PENDING))
         .filter(payments::attempts.ge(max_calls))
         .filter(payments::order_id.ne_all(skip))
+        .filter(settled_here())
         .limit(limit)
         .select(PaymentRow::as_select())
         .load(conn)

@@ -13,5 +13,6 @@ diesel::table! {
         decline_reason -> Nullable<Text>,
         attempts -> Int4,
         update_time -> Timestamptz,
+        settler -> Nullable<Text>,
     }
 }

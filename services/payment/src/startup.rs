@@ -69,7 +69,11 @@ impl Application {
 
     pub async fn run_until(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let topics = TopicNames::new(self.config.service.kafka.topic_prefix.clone());
-        let pool = db::pool(&self.config.service.database, SCHEMA);
+        let pool = db::pool(
+            &self.config.service.database,
+            SCHEMA,
+            &self.config.service.membership.instance_id,
+        );
         let queries = PaymentServiceServer::new(PaymentQueries { pool: pool.clone() })
             .max_decoding_message_size(MAX_REQUEST_BYTES);
         let relay_wakeup = Arc::new(Notify::new());

@@ -181,3 +181,34 @@ async fn a_payment_pending_at_shutdown_is_settled_once_after_restart() {
     assert_eq!(published(&topics, PAYMENT_SUCCEEDED).await.len(), 1);
     service.stop().await.expect("clean shutdown");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_instances_ask_the_provider_once_per_order() {
+    const ORDERS: usize = 24;
+    let db = TestDatabase::create().await;
+    let prefix = unique_topic_prefix();
+    let topics = TopicNames::new(prefix.clone());
+    // Calls outlast the workers' 500 ms sweeps: an instance that settled
+    // every pending payment it saw would ask about the other's calls in
+    // flight.
+    let provider = simulator(Fault::Slow(Duration::from_millis(1_500)));
+    let ledger = provider.ledger.clone();
+    let first = start_with(&db, &prefix, provider.clone(), ProviderPolicy::default()).await;
+    let second = start_with(&db, &prefix, provider, ProviderPolicy::default()).await;
+    let orders: Vec<Uuid> = (0..ORDERS).map(|_| Uuid::now_v7()).collect();
+    for order_id in &orders {
+        let request = record(
+            &order_id.to_string(),
+            &events::process_payment(&order_id.to_string(), "grace"),
+        );
+        publish(&topics, PROCESS_PAYMENT, &request).await;
+    }
+    for order_id in &orders {
+        settled(&db, *order_id).await;
+    }
+    let calls: Vec<u32> = orders.iter().map(|id| ledger.calls(*id)).collect();
+    assert_eq!(calls, vec![1; ORDERS], "one provider call per order");
+    assert_eq!(published(&topics, PAYMENT_SUCCEEDED).await.len(), ORDERS);
+    first.stop().await.expect("clean shutdown");
+    second.stop().await.expect("clean shutdown");
+}
