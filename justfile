@@ -8,10 +8,15 @@ scripts := "build-support/scripts"
 default:
     @just --list
 
+# Instances of each downstream service `just run` starts:
+# `just REPLICAS=3 run` (or REPLICAS=3 in the environment).
+REPLICAS := env_var_or_default("REPLICAS", "1")
+
 # Runs the whole system: Docker when available, else a local broker,
-# PostgreSQL and the four services. Ctrl-C stops everything.
+# PostgreSQL, REPLICAS instances of each downstream service and two
+# gateways. Ctrl-C stops everything.
 run:
-    {{scripts}}/run.sh
+    REPLICAS={{REPLICAS}} {{scripts}}/run.sh
 
 # Runs the whole test suite against a real broker and PostgreSQL, starting
 # them if needed. Extra arguments go to `cargo test`.
@@ -23,7 +28,7 @@ test *args: infra
 # (`just test` runs them too.)
 test-faults: infra
     cargo build --workspace --bins
-    cargo test -p oms-e2e --test faults -- --nocapture
+    cargo test -p oms-e2e --test faults --test replica_faults --test replicas -- --nocapture
 
 # The benchmark against release builds: `just bench` (everything),
 # `just bench ceilings` (the machine's ceilings only) or `just bench smoke`

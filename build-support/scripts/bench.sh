@@ -6,6 +6,7 @@
 #   bench.sh ceilings   # the machine's ceilings only
 #   bench.sh smoke      # a few seconds of everything, to see that it works
 #   bench.sh run ...    # one phase, e.g. `run --rate 1000 --duration 30`
+#   bench.sh full --replicas 2   # two instances of each downstream service
 # Extra arguments go to oms-loadgen. The report: target/bench/latest.json.
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
@@ -16,6 +17,18 @@ if [[ $# -gt 0 && "$1" != -* ]]; then
   mode="$1"
   shift
 fi
+# --replicas N is ours; everything else goes to oms-loadgen.
+replicas=1
+args=()
+while [[ $# -gt 0 ]]; do
+  case "$1" in
+    --replicas) replicas="${2:?--replicas needs a number}"; shift 2 ;;
+    --replicas=*) replicas="${1#*=}"; shift ;;
+    *) args+=("$1"); shift ;;
+  esac
+done
+[[ "$replicas" =~ ^[1-9]$ ]] || die "--replicas must be 1 to 9, not '$replicas'"
+set -- "${args[@]+"${args[@]}"}"
 
 log "building release binaries"
 cargo build --release --workspace --bins
@@ -46,9 +59,12 @@ export KAFKA_FETCH_MAX_IDLE_PAUSE_MS="${KAFKA_FETCH_MAX_IDLE_PAUSE_MS:-5}"
 export RUST_LOG="${RUST_LOG:-warn}"
 # Below Linux's ephemeral range (32768-60999), where an outgoing
 # connection can hold a port just when a service wants to listen on it.
-export GATEWAY_GRPC_ADDR=127.0.0.1:21051 ORDER_GRPC_ADDR=127.0.0.1:21052
-export PAYMENT_GRPC_ADDR=127.0.0.1:21053 NOTIFICATION_GRPC_ADDR=127.0.0.1:21054
-export ORDER_SERVICE_URL=http://127.0.0.1:21052
+# Instance i of a service listens on its port + 10 * i.
+export GATEWAY_GRPC_ADDR=127.0.0.1:21051
+order_urls=()
+for ((i = 0; i < replicas; i++)); do order_urls+=("http://127.0.0.1:$((21052 + 10 * i))"); done
+ORDER_SERVICE_URL="$(IFS=,; echo "${order_urls[*]}")"
+export ORDER_SERVICE_URL
 logs="$ROOT/target/bench/logs-$run_id"
 mkdir -p "$logs"
 
@@ -62,18 +78,27 @@ cleanup() {
 }
 trap cleanup INT TERM EXIT
 
-for service in order-service payment-service notification-service gateway; do
-  "$ROOT/target/release/$service" >"$logs/$service.log" 2>&1 &
+addrs=()
+start() { # binary, instance number, listen variable, base port
+  local addr="127.0.0.1:$(($4 + 10 * $2))"
+  env "$3=$addr" INSTANCE_ID="$1-$2" "$ROOT/target/release/$1" >"$logs/$1-$2.log" 2>&1 &
   pids+=($!)
+  addrs+=("$addr")
+}
+for ((i = 0; i < replicas; i++)); do
+  start order-service "$i" ORDER_GRPC_ADDR 21052
+  start payment-service "$i" PAYMENT_GRPC_ADDR 21053
+  start notification-service "$i" NOTIFICATION_GRPC_ADDR 21054
 done
-for addr in "$ORDER_GRPC_ADDR" "$PAYMENT_GRPC_ADDR" "$NOTIFICATION_GRPC_ADDR" "$GATEWAY_GRPC_ADDR"; do
+start gateway 0 GATEWAY_GRPC_ADDR 21051
+for addr in "${addrs[@]}"; do
   for _ in $(seq 1 600); do
     "$ROOT/target/release/oms-health-probe" "$addr" >/dev/null 2>&1 && break
     sleep 0.1
   done
   "$ROOT/target/release/oms-health-probe" "$addr" >/dev/null || die "service at $addr did not serve; logs in $logs"
 done
-log "services serving (logs in $logs)"
+log "services serving, $replicas instance(s) of each downstream one (logs in $logs)"
 
 target=(--gateway "http://$GATEWAY_GRPC_ADDR" --database-url "$DATABASE_URL" --brokers "$KAFKA_BROKERS")
 loadgen="$ROOT/target/release/oms-loadgen"

@@ -37,12 +37,31 @@ cleanup() {
 }
 trap cleanup INT TERM EXIT
 
-# The order service first: the gateway reads through it.
-for service in order-service payment-service notification-service gateway; do
-  label="$(printf '%-21s' "[$service]")"
-  "$ROOT/target/$profile/$service" > >(sed -u "s/^/$label /") 2>&1 &
+# REPLICAS instances of each downstream service, instance i on its
+# service's port + 10 * i (order 50052, 50062, ...), and two gateways
+# (50051 and 50061), each given every order-service instance.
+replicas="${REPLICAS:-1}"
+[[ "$replicas" =~ ^[1-9][0-9]?$ ]] || die "REPLICAS must be a number from 1 to 99, not '$replicas'"
+order_urls=()
+for ((i = 0; i < replicas; i++)); do order_urls+=("http://127.0.0.1:$((50052 + 10 * i))"); done
+export ORDER_SERVICE_URL
+ORDER_SERVICE_URL="$(IFS=,; echo "${order_urls[*]}")"
+
+start() { # binary, instance number, listen variable, base port
+  local service="$1" i="$2" variable="$3" port=$(($4 + 10 * $2))
+  local label
+  label="$(printf '%-24s' "[$service#$((i + 1))]")"
+  env "$variable=0.0.0.0:$port" INSTANCE_ID="$service-$((i + 1))-$$" \
+    "$ROOT/target/$profile/$service" > >(sed -u "s/^/$label /") 2>&1 &
   pids+=($!)
+}
+# The order service first: the gateways read through it.
+for ((i = 0; i < replicas; i++)); do
+  start order-service "$i" ORDER_GRPC_ADDR 50052
+  start payment-service "$i" PAYMENT_GRPC_ADDR 50053
+  start notification-service "$i" NOTIFICATION_GRPC_ADDR 50054
 done
-log "gateway on ${GATEWAY_GRPC_ADDR:-0.0.0.0:50051}; try: grpcurl -plaintext 127.0.0.1:50051 list"
+for i in 0 1; do start gateway "$i" GATEWAY_GRPC_ADDR 50051; done
+log "$replicas instance(s) of each service; gateways on 50051 and 50061; try: grpcurl -plaintext 127.0.0.1:50051 list"
 wait -n "${pids[@]}" || true
 log "a service exited; stopping the rest"

@@ -16,6 +16,7 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 use oms_common::config::DEFAULT_MAX_MESSAGE_BYTES;
 use oms_common::db::{self, DbPool};
 use oms_common::kafka::Producer;
+use oms_common::membership::{Membership, MembershipConfig};
 use oms_common::outbox::{self, OutboxMessage, Relay, RelayStats};
 use oms_common::schema::{outbox as outbox_table, outbox_parked};
 use oms_testkit::{TestDatabase, eventually, kafka as test_kafka, unique_topic_prefix};
@@ -43,7 +44,7 @@ impl Harness {
             .await
             .expect("migrate the platform tables");
         Self {
-            pool: db::pool(&db.config(), SCHEMA),
+            pool: db::pool(&db.config(), SCHEMA, "relay-test"),
             db,
             producer: Arc::new(Producer::new(test_kafka::client().await)),
             stats: Arc::new(RelayStats::default()),
@@ -67,13 +68,23 @@ impl Harness {
 
     /// Starts the relay; it stops when the guard is dropped. Nobody wakes
     /// it: rows written before it starts make its first round.
-    fn start_relay(&self, max_message_bytes: usize) -> DropGuard {
+    async fn start_relay(&self, max_message_bytes: usize) -> DropGuard {
         let stop = CancellationToken::new();
+        let membership = Arc::new(Membership::new(
+            MembershipConfig::with_instance_id("relay-test"),
+            self.pool.clone(),
+        ));
+        membership
+            .round(&[], &Default::default())
+            .await
+            .expect("join");
+        tokio::spawn(Arc::clone(&membership).stay_member(stop.clone()));
         let relay = Relay {
             pool: self.pool.clone(),
             producer: Arc::clone(&self.producer),
             max_message_bytes,
             stats: Arc::clone(&self.stats),
+            membership,
         };
         tokio::spawn(relay.run(Arc::new(Notify::new()), stop.clone()));
         stop.drop_guard()
@@ -148,7 +159,7 @@ async fn a_row_too_large_for_the_broker_is_parked_and_the_rows_around_it_are_pub
         .await;
     let big_id = harness.outbox().await[1].0;
 
-    let _relay = harness.start_relay(MAX);
+    let _relay = harness.start_relay(MAX).await;
     harness.wait_until_outbox_holds(0).await;
 
     assert_eq!(
@@ -191,7 +202,7 @@ async fn rows_acknowledged_beside_a_missing_topic_are_published_once_while_its_r
     }
     harness.write(&messages).await;
 
-    let _relay = harness.start_relay(DEFAULT_MAX_MESSAGE_BYTES);
+    let _relay = harness.start_relay(DEFAULT_MAX_MESSAGE_BYTES).await;
     harness.wait_until_outbox_holds(4).await;
     // Retries of the missing topic back off from 50 ms: several happen here.
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -228,7 +239,7 @@ async fn rows_far_larger_than_one_request_are_split_and_published_once_each_in_k
         .collect();
     harness.write(&messages).await;
 
-    let _relay = harness.start_relay(MAX);
+    let _relay = harness.start_relay(MAX).await;
     harness.wait_until_outbox_holds(0).await;
 
     let expected: BTreeMap<String, Vec<String>> = (0..KEYS)

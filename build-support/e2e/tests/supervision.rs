@@ -70,7 +70,7 @@ async fn a_handler_that_panics_does_not_stop_its_partition() {
         relay_wakeup: Default::default(),
         workers: Vec::new(),
     };
-    let pool = db::pool(&config.database, SCHEMA);
+    let pool = db::pool(&config.database, SCHEMA, &config.membership.instance_id);
     let running = RunningService::start(addr, |shutdown| async move {
         service
             .run(&config, pool, listener, |routes| routes, shutdown)

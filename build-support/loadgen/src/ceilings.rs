@@ -19,9 +19,10 @@ use uuid::Uuid;
 use oms_api::EventEnvelope;
 use oms_api::orders::events::v1::OrderCreated;
 use oms_common::config::{DatabaseConfig, DatabaseUrl, KafkaConfig};
-use oms_common::consumer::{EventHandler, InboundRecord, commit_records};
+use oms_common::consumer::{EventHandler, Fence, InboundRecord, Position, commit_records};
 use oms_common::db::{self, DbPool};
 use oms_common::kafka;
+use oms_common::membership::acquire_for_benchmark;
 use oms_common::outbox::{self, RELAY_BATCH};
 use prost::Message;
 
@@ -225,8 +226,12 @@ struct Pipeline {
     /// Settles the payments the payment stage records as pending, as the
     /// payment service's worker does after each commit.
     settlement: Arc<Settlement<SimulatedProvider>>,
-    offsets: BTreeMap<String, i64>,
+    /// Each partition's next offset and the lease its batches commit under.
+    offsets: BTreeMap<String, (i64, Fence)>,
 }
+
+/// The instance the benchmark's connections and leases name.
+const BENCHMARK_INSTANCE: &str = "benchmark";
 
 /// Pipelines run at once, each in schemas of its own, so PostgreSQL works
 /// on several stages at a time, as it does under the running services.
@@ -235,27 +240,49 @@ const PIPELINES: usize = 4;
 /// One consumer stage: the records split over concurrent transactions of at
 /// most `batch` records each, as partition consumers commit them.
 async fn consume<H: EventHandler>(
-    offsets: &mut BTreeMap<String, i64>,
+    offsets: &mut BTreeMap<String, (i64, Fence)>,
     pool: &DbPool,
     handler: &H,
     topic: &str,
     records: &[InboundRecord],
     batch: usize,
 ) -> anyhow::Result<()> {
-    let mut commits = Vec::new();
-    for (partition, chunk) in records.chunks(batch.max(1)).enumerate() {
-        let offset = offsets.entry(format!("{topic}/{partition}")).or_default();
-        *offset += chunk.len() as i64;
-        commits.push(commit_records(
-            pool,
-            handler,
-            topic,
-            partition as i32,
-            chunk,
-            *offset,
-            0,
-        ));
+    let chunks: Vec<&[InboundRecord]> = records.chunks(batch.max(1)).collect();
+    for partition in 0..chunks.len() {
+        if let std::collections::btree_map::Entry::Vacant(entry) =
+            offsets.entry(format!("{topic}/{partition}"))
+        {
+            // Every batch is fenced by its lease, as in the services.
+            let mut conn = pool.get().await?;
+            let epoch =
+                acquire_for_benchmark(&mut conn, BENCHMARK_INSTANCE, topic, partition as i32)
+                    .await?;
+            entry.insert((
+                0,
+                Fence {
+                    owner: Arc::from(BENCHMARK_INSTANCE),
+                    epoch,
+                },
+            ));
+        }
     }
+    let mut work = Vec::new();
+    for (partition, chunk) in chunks.into_iter().enumerate() {
+        let (offset, fence) = offsets
+            .get_mut(&format!("{topic}/{partition}"))
+            .expect("leased above");
+        *offset += chunk.len() as i64;
+        work.push((partition as i32, chunk, *offset, fence.clone()));
+    }
+    let commits = work.iter().map(|(partition, chunk, offset, fence)| {
+        let at = Position {
+            topic,
+            partition: *partition,
+            new_offset: *offset,
+            fence,
+        };
+        async move { commit_records(pool, handler, &at, chunk, 0).await }
+    });
     for result in futures::future::join_all(commits).await {
         result?;
     }
@@ -269,7 +296,7 @@ async fn relay(pool: &DbPool) -> anyhow::Result<Vec<InboundRecord>> {
     let mut conn = pool.get().await?;
     let mut records = Vec::new();
     loop {
-        let rows = outbox::load_pending(&mut conn, RELAY_BATCH).await?;
+        let rows = outbox::load_pending(&mut conn, BENCHMARK_INSTANCE, RELAY_BATCH).await?;
         if rows.is_empty() {
             return Ok(records);
         }
@@ -313,12 +340,12 @@ impl Pipeline {
             url: url.clone(),
             pool_size: partitions.max(1) as u32 + 1,
         };
-        let payments = db::pool(&config, payment);
+        let payments = db::pool(&config, payment, BENCHMARK_INSTANCE);
         Ok(Self {
-            orders: db::pool(&config, order),
+            orders: db::pool(&config, order, BENCHMARK_INSTANCE),
             settlement: settlement(payments.clone()),
             payments,
-            notifications: db::pool(&config, notification),
+            notifications: db::pool(&config, notification, BENCHMARK_INSTANCE),
             order_events: order_events(),
             payment_events: payment_events(),
             offsets: BTreeMap::new(),

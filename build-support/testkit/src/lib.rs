@@ -7,6 +7,7 @@
 
 pub mod audit;
 pub mod broker;
+pub mod cluster;
 pub mod database;
 pub mod events;
 pub mod grpc;

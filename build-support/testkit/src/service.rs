@@ -7,6 +7,7 @@ use std::time::Duration;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use oms_common::membership::MembershipConfig;
 use oms_common::service::ServiceConfig;
 
 use crate::TestDatabase;
@@ -18,8 +19,14 @@ pub fn service_config(db: &TestDatabase, topic_prefix: &str) -> ServiceConfig {
         grpc_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
         database: db.config(),
         kafka: crate::kafka::test_config(topic_prefix),
+        membership: MembershipConfig::with_instance_id(unique_instance_id()),
         shutdown_grace: Duration::from_secs(5),
     }
+}
+
+/// An instance id no other test uses.
+pub fn unique_instance_id() -> String {
+    format!("test-{}", &uuid::Uuid::new_v4().simple().to_string()[..12])
 }
 
 /// A service running on the test's runtime until `stop`.

@@ -61,6 +61,11 @@ impl System {
             ("PAYMENT_GRPC_ADDR", addrs[2].to_string()),
             ("NOTIFICATION_GRPC_ADDR", addrs[3].to_string()),
             ("ORDER_SERVICE_URL", format!("http://{}", addrs[1])),
+            // One instance of each service, under one name across restarts:
+            // a restarted process takes its leases back at once instead of
+            // waiting for them to expire. (Each service has its own schema,
+            // so the four share the name without colliding.)
+            ("INSTANCE_ID", format!("{prefix}instance")),
         ];
         env.extend(extra.iter().cloned());
         let mut system = Self {

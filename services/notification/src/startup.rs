@@ -49,7 +49,11 @@ impl Application {
 
     pub async fn run_until(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let topics = TopicNames::new(self.config.kafka.topic_prefix.clone());
-        let pool = db::pool(&self.config.database, SCHEMA);
+        let pool = db::pool(
+            &self.config.database,
+            SCHEMA,
+            &self.config.membership.instance_id,
+        );
         let queries = NotificationServiceServer::new(NotificationQueries { pool: pool.clone() })
             .max_decoding_message_size(MAX_REQUEST_BYTES);
         let service = EventService {

@@ -48,7 +48,11 @@ impl Application {
 
     pub async fn run_until(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let topics = TopicNames::new(self.config.kafka.topic_prefix.clone());
-        let pool = db::pool(&self.config.database, SCHEMA);
+        let pool = db::pool(
+            &self.config.database,
+            SCHEMA,
+            &self.config.membership.instance_id,
+        );
         let changes = OrderChanges::new(pool.clone());
         // Supervised with the consumers; a listener that (re)starts reads
         // every watched order again, so watchers miss nothing meanwhile.
