@@ -250,7 +250,7 @@ async fn consume<H: EventHandler>(
     let chunks: Vec<&[InboundRecord]> = records.chunks(batch.max(1)).collect();
     for partition in 0..chunks.len() {
         if let std::collections::btree_map::Entry::Vacant(entry) =
-            offsets.entry(format!("{topic}/{partition}"))
+            offsets.entry(stage_key::<H>(topic, partition))
         {
             // Every batch is fenced by its lease, as in the services.
             let mut conn = pool.get().await?;
@@ -269,7 +269,7 @@ async fn consume<H: EventHandler>(
     let mut work = Vec::new();
     for (partition, chunk) in chunks.into_iter().enumerate() {
         let (offset, fence) = offsets
-            .get_mut(&format!("{topic}/{partition}"))
+            .get_mut(&stage_key::<H>(topic, partition))
             .expect("leased above");
         *offset += chunk.len() as i64;
         work.push((partition as i32, chunk, *offset, fence.clone()));
@@ -287,6 +287,12 @@ async fn consume<H: EventHandler>(
         result?;
     }
     Ok(())
+}
+
+/// A consumer's partition: each service (its handler type) has its own
+/// offsets and leases, in its own schema.
+fn stage_key<H>(topic: &str, partition: usize) -> String {
+    format!("{}/{topic}/{partition}", std::any::type_name::<H>())
 }
 
 /// One relay round trip: read the pending rows and delete them, as the
