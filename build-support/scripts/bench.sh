@@ -99,6 +99,13 @@ for addr in "${addrs[@]}"; do
   "$ROOT/target/release/oms-health-probe" "$addr" >/dev/null || die "service at $addr did not serve; logs in $logs"
 done
 log "services serving, $replicas instance(s) of each downstream one (logs in $logs)"
+# BENCH_WITHOUT_ORDER_NOTIFY=1 measures what WatchOrder's trigger costs:
+# PostgreSQL serialises the commits of transactions that send NOTIFY.
+if [[ "${BENCH_WITHOUT_ORDER_NOTIFY:-0}" == 1 ]]; then
+  psql "$DATABASE_URL" -qc "ALTER TABLE order_service.orders DISABLE TRIGGER orders_notify_change" \
+    || die "cannot disable the orders trigger"
+  log "the orders NOTIFY trigger is disabled for this run (WatchOrder will not see changes)"
+fi
 
 target=(--gateway "http://$GATEWAY_GRPC_ADDR" --database-url "$DATABASE_URL" --brokers "$KAFKA_BROKERS")
 loadgen="$ROOT/target/release/oms-loadgen"

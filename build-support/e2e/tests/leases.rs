@@ -252,8 +252,9 @@ async fn a_takeover_waits_for_the_commit_in_flight() {
         member(&pool, "successor", 1_000),
     );
     let fence = fence_of(&owner, 0).await;
-    // A batch transaction of the owner holds its lease row, as its fencing
-    // check does until it commits, while the lease expires.
+    // A batch transaction of the owner holds its lease row while the lease
+    // expires: the lock its fencing write takes (FOR SHARE) until it
+    // commits, taken here by hand to hold the transaction open.
     let mut in_flight = db.connect(SCHEMA).await;
     in_flight
         .batch_execute(&format!(

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use diesel::prelude::*;
-use diesel_async::RunQueryDsl;
+use diesel_async::{RunQueryDsl, SimpleAsyncConnection};
 use tokio::sync::Notify;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
@@ -279,4 +279,39 @@ async fn more_outbox_rows_than_one_statement_can_bind_are_written_at_once() {
         .await
         .expect("count");
     assert_eq!(rows, 14_000);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_relay_leaves_a_live_instances_rows_and_adopts_those_of_one_that_is_gone() {
+    let harness = Harness::new().await;
+    let topic = harness.topic("adopted").await;
+    harness
+        .write(&[
+            message(&topic, "order-1", numbered(0, 100)),
+            message(&topic, "order-1", numbered(1, 100)),
+        ])
+        .await;
+    let mut conn = harness.db.connect(SCHEMA).await;
+    conn.batch_execute(
+        "INSERT INTO members (instance_id, expires_at) VALUES ('other', now() + interval '1 hour'); \
+         UPDATE outbox SET owner = 'other'",
+    )
+    .await
+    .expect("rows of another live instance");
+
+    let _relay = harness.start_relay(DEFAULT_MAX_MESSAGE_BYTES).await;
+    // Several sweeps: the other instance is alive, its rows are its own.
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    assert_eq!(harness.outbox().await.len(), 2);
+    assert!(harness.published(&topic).await.is_empty());
+
+    // It is gone: its rows are adopted and published, in order, once.
+    conn.batch_execute("UPDATE members SET expires_at = now() - interval '1 second'")
+        .await
+        .expect("the other instance expires");
+    harness.wait_until_outbox_holds(0).await;
+    assert_eq!(
+        harness.published(&topic).await,
+        BTreeMap::from([("order-1".to_owned(), sequence(0..2))])
+    );
 }

@@ -290,8 +290,10 @@ async fn a_paused_instance_that_lost_its_partitions_repeats_nothing_when_it_resu
     })
     .await;
     oms_testkit::events::wait_until_outbox_drained(&db, "order_service").await;
-    // Each order's payment request published once: an instance that
-    // committed a batch it fetched before its pause would publish again.
+    // Each order's payment request published once: two relays publishing
+    // the same rows would show here. (The order handler's inserts are
+    // idempotent, so a fencing failure could not; leases.rs proves the
+    // fence with a handler whose effects are not.)
     let client = kafka::client().await;
     let mut requests: HashMap<Vec<u8>, usize> = HashMap::new();
     let mut offsets_seen = std::collections::HashSet::new();

@@ -21,6 +21,11 @@ pub type DbPool = bb8::Pool<AsyncDieselConnectionManager<AsyncPgConnection>>;
 /// The tables every service has: consumer offsets and the outbox.
 pub const PLATFORM_MIGRATIONS: EmbeddedMigrations = embed_migrations!("../../migrations/platform");
 
+/// How long a transaction may sit idle before the server ends it. Our
+/// transactions only wait on the database itself, never on a call
+/// elsewhere, so this is reached only by a process that stopped mid-way.
+const IDLE_IN_TRANSACTION_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// How long a caller waits for a pooled connection before giving up.
 const CONNECTION_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -43,9 +48,13 @@ pub enum DbError {
 /// outbox rows and pending payments default to it, so each instance
 /// publishes and settles what it wrote (see `membership`).
 pub fn pool(config: &DatabaseConfig, schema: &'static str, instance_id: &str) -> DbPool {
+    // A transaction left idle (its process paused or frozen mid-way) is
+    // ended by the server, so the lease rows it locked can be taken over.
     let setup = format!(
-        "SET search_path TO {schema}; SET oms.instance_id TO '{}'",
-        instance_id.replace('\'', "''")
+        "SET search_path TO {schema}; SET oms.instance_id TO '{}'; \
+         SET idle_in_transaction_session_timeout TO '{}ms'",
+        instance_id.replace('\'', "''"),
+        IDLE_IN_TRANSACTION_TIMEOUT.as_millis()
     );
     let mut manager_config = ManagerConfig::default();
     manager_config.custom_setup =

@@ -85,6 +85,11 @@ impl Instance {
             .connect_timeout(Duration::from_secs(2))
             .timeout(Duration::from_secs(5))
             .tcp_nodelay(true)
+            // A host that vanishes without a reset must not leave calls
+            // and watches hanging on its connection.
+            .http2_keep_alive_interval(Duration::from_secs(10))
+            .keep_alive_timeout(Duration::from_secs(5))
+            .keep_alive_while_idle(true)
             .connect_lazy();
         Self {
             addr,
@@ -215,9 +220,27 @@ impl OrderService {
     {
         self.call_instances(|instance| call(instance.client.clone()))
             .await
+            .map(|(answer, _)| answer)
     }
 
-    async fn call_instances<T, F, Fut>(&self, mut call: F) -> Result<T, Status>
+    /// As `call`, also saying which instance answered.
+    pub async fn call_on<T, F, Fut>(&self, mut call: F) -> Result<(T, SocketAddr), Status>
+    where
+        F: FnMut(OrderClient) -> Fut,
+        Fut: Future<Output = Result<T, Status>>,
+    {
+        self.call_instances(|instance| call(instance.client.clone()))
+            .await
+    }
+
+    /// Avoids the instance at `addr` for a while: it went away mid-call.
+    pub fn avoid(&self, addr: SocketAddr) {
+        if let Some(instance) = self.instances().iter().find(|i| i.addr == addr) {
+            instance.avoid();
+        }
+    }
+
+    async fn call_instances<T, F, Fut>(&self, mut call: F) -> Result<(T, SocketAddr), Status>
     where
         F: FnMut(&Instance) -> Fut,
         Fut: Future<Output = Result<T, Status>>,
@@ -231,7 +254,7 @@ impl OrderService {
                     instance.avoid();
                     last = status;
                 }
-                answer => return answer,
+                answer => return answer.map(|answer| (answer, instance.addr)),
             }
         }
         Err(last)
@@ -283,7 +306,7 @@ mod tests {
                     }
                 })
                 .await;
-            assert_ne!(answer.unwrap(), 2);
+            assert_ne!(answer.unwrap().0, 2);
         }
         let called = called.into_inner().unwrap();
         // :2 was tried once, then avoided while the others answered.

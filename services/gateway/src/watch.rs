@@ -3,6 +3,7 @@
 //! a connection), so a thousand watchers cost the gateway one connection
 //! per instance and each instance one database listener.
 
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -35,7 +36,7 @@ impl Gateway {
             )]));
         }
         let deadline = timeout.map(|timeout| Instant::now() + timeout);
-        let changes = subscribe(&self.orders, &request, deadline)
+        let (changes, serving) = subscribe(&self.orders, &request, deadline)
             .await
             .map_err(|status| watch_error(&request.order_id, status))?;
         Ok(forward(Watch {
@@ -43,6 +44,7 @@ impl Gateway {
             request,
             deadline,
             changes,
+            serving,
             last_status: None,
             resubscribed: 0,
             shutdown: self.shutdown.clone(),
@@ -60,6 +62,8 @@ struct Watch {
     request: WatchOrderRequest,
     deadline: Option<Instant>,
     changes: Streaming<Order>,
+    /// The instance serving the watch.
+    serving: SocketAddr,
     /// The status last passed on: a watch opened again starts with the
     /// order's current state, which the caller may have seen already.
     last_status: Option<i32>,
@@ -73,9 +77,9 @@ async fn subscribe(
     orders: &OrderServiceInstances,
     request: &WatchOrderRequest,
     deadline: Option<Instant>,
-) -> Result<Streaming<Order>, Status> {
+) -> Result<(Streaming<Order>, SocketAddr), Status> {
     orders
-        .call(|mut client| {
+        .call_on(|mut client| {
             let mut forwarded = Request::new(request.clone());
             if let Some(deadline) = deadline {
                 forwarded.set_timeout(deadline.saturating_duration_since(Instant::now()));
@@ -114,9 +118,11 @@ fn forward(watch: Watch) -> OrderStream {
                 return Some((Err(watch_error(&order_id, status).into()), None));
             }
             tracing::info!(%order_id, error = %status, "the order service instance serving a watch went away, watching on another");
+            // Stopping or gone: not the place to watch again.
+            watch.orders.avoid(watch.serving);
             watch.resubscribed += 1;
             match subscribe(&watch.orders, &watch.request, watch.deadline).await {
-                Ok(changes) => watch.changes = changes,
+                Ok((changes, serving)) => (watch.changes, watch.serving) = (changes, serving),
                 Err(status) => return Some((Err(watch_error(&order_id, status).into()), None)),
             }
         }

@@ -65,8 +65,16 @@ impl<H: EventHandler> Consumer<H> {
         let mut fresh_start = true;
         loop {
             if Instant::now() >= next_metadata {
-                next_metadata =
-                    Instant::now() + this.read_partitions(&topics, &mut partitions).await;
+                // Bounded, so a slow broker never delays the renewal.
+                let renew_every = membership.config.renew_every;
+                let read = this.read_partitions(&topics, &mut partitions);
+                next_metadata = Instant::now()
+                    + tokio::time::timeout(renew_every, read)
+                        .await
+                        .unwrap_or_else(|_| {
+                            tracing::warn!("topic metadata did not come in time, asking again");
+                            MISSING_TOPIC_RETRY
+                        });
             }
             // Leases a previous process with this id held are released and
             // taken afresh, under new epochs.

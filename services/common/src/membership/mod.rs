@@ -166,11 +166,17 @@ impl Membership {
     /// holds for at least another renewal interval. The relay publishes
     /// only then, so rows another instance adopted are not published twice.
     pub fn is_member(&self) -> bool {
-        let until = *self
+        self.member_for().is_some()
+    }
+
+    /// How much longer this instance is surely a member, if it is.
+    pub fn member_for(&self) -> Option<Duration> {
+        let until = (*self
             .member_until
             .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        until.is_some_and(|until| Instant::now() < until)
+            .unwrap_or_else(|poisoned| poisoned.into_inner()))?;
+        let left = until.saturating_duration_since(Instant::now());
+        (!left.is_zero()).then_some(left)
     }
 
     /// Joins or renews, keeps the leases held, takes a fair share of

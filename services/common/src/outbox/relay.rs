@@ -117,12 +117,18 @@ impl Relay {
     /// after each commit that wrote rows) and sweeps on a timer as a fallback.
     pub async fn run(self, wakeup: Arc<Notify>, shutdown: CancellationToken) {
         let mut backoff = Backoff::transient();
-        let mut sweep = true;
+        // A timer of its own, so that wake-ups after every commit (more often
+        // than the sweep under load) never postpone the sweep.
+        let mut sweep = tokio::time::interval(RELAY_SWEEP_INTERVAL);
+        sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut adopt_due = true;
         loop {
-            if sweep {
-                sweep = false;
-                if let Err(err) = self.adopt().await {
-                    tracing::warn!(error = %err, "cannot adopt outbox rows of instances that are gone");
+            if adopt_due {
+                match self.adopt().await {
+                    Ok(done) => adopt_due = !done,
+                    Err(err) => {
+                        tracing::warn!(error = %err, "cannot adopt outbox rows of instances that are gone");
+                    }
                 }
             }
             match self.publish_pending().await {
@@ -137,17 +143,17 @@ impl Relay {
             }
             tokio::select! {
                 _ = wakeup.notified() => {}
-                _ = tokio::time::sleep(RELAY_SWEEP_INTERVAL) => sweep = true,
+                _ = sweep.tick() => adopt_due = true,
                 _ = shutdown.cancelled() => return,
             }
         }
     }
 
     /// Takes over the rows of instances that are no longer members, and
-    /// rows nobody owns.
-    async fn adopt(&self) -> Result<(), RelayError> {
+    /// rows nobody owns; `false` when it could not look (not a member yet).
+    async fn adopt(&self) -> Result<bool, RelayError> {
         if !self.membership.is_member() {
-            return Ok(());
+            return Ok(false);
         }
         let mut conn = self.pool.get().await.map_err(DbError::from)?;
         let adopted = adopt_orphans(&mut conn, self.membership.instance_id()).await?;
@@ -158,7 +164,7 @@ impl Relay {
                 "adopted outbox rows of instances that are gone"
             );
         }
-        Ok(())
+        Ok(true)
     }
 
     /// Publishes rows until the outbox is empty. Each round either removes
@@ -235,10 +241,15 @@ impl Relay {
         while let Some(request) = requests.pop_front() {
             // Checked right before each request: rows loaded before a pause
             // may have been adopted by another instance since.
-            if !self.membership.is_member() {
+            // And the request gives up when the membership might lapse, so
+            // no retry of it lands after another instance adopted the rows.
+            let Some(left) = self.membership.member_for() else {
                 return Err(RelayError::NotMember);
-            }
-            let sent = produce(client, &request).await;
+            };
+            let sent = match tokio::time::timeout(left, produce(client, &request)).await {
+                Ok(sent) => sent,
+                Err(_) => return Err(RelayError::NotMember),
+            };
             match sent {
                 Ok(()) => self.acknowledged(topic, partition, &request).await?,
                 Err(err) if !is_permanent(&err) => return Err(err.into()),
