@@ -99,19 +99,19 @@ pub async fn insert_new(
 }
 
 /// Claims the next provider call of the oldest `limit` pending payments,
-/// except those of `skip`, that have made fewer than `max_calls` calls: one
-/// statement counts the call (so `attempts` is the real number of calls)
-/// and returns the rows as they are now.
+/// except those of `skip`, that have had fewer than `max_unanswered` calls
+/// go unanswered: one statement counts the call (so `attempts` is the real
+/// number of calls) and returns the rows as they are now.
 pub async fn claim_calls(
     conn: &mut AsyncPgConnection,
     skip: &[Uuid],
     limit: i64,
-    max_calls: i32,
+    max_unanswered: i32,
 ) -> QueryResult<Vec<PaymentRow>> {
     conn.transaction::<_, diesel::result::Error, _>(async |conn| {
         let oldest: Vec<Uuid> = payments::table
             .filter(payments::status.eq(STATUS_PENDING))
-            .filter(payments::attempts.lt(max_calls))
+            .filter(payments::unanswered.lt(max_unanswered))
             .filter(payments::order_id.ne_all(skip))
             .filter(settled_here())
             .order(payments::create_time)
@@ -139,17 +139,17 @@ pub async fn claim_calls(
     .await
 }
 
-/// Pending payments, except those of `skip`, that have made `max_calls`
-/// calls without an answer: to be declined.
+/// Pending payments, except those of `skip`, that have had
+/// `max_unanswered` calls go unanswered: to be declined.
 pub async fn out_of_calls(
     conn: &mut AsyncPgConnection,
     skip: &[Uuid],
     limit: i64,
-    max_calls: i32,
+    max_unanswered: i32,
 ) -> QueryResult<Vec<PaymentRow>> {
     payments::table
         .filter(payments::status.eq(STATUS_PENDING))
-        .filter(payments::attempts.ge(max_calls))
+        .filter(payments::unanswered.ge(max_unanswered))
         .filter(payments::order_id.ne_all(skip))
         .filter(settled_here())
         .limit(limit)
@@ -158,42 +158,50 @@ pub async fn out_of_calls(
         .await
 }
 
-/// Counts a provider call about to be made, while the payment is pending and
-/// fewer than `max_calls` were made; returns the calls counted so far, or
-/// `None` when no call may be made (settled meanwhile, or out of calls).
-/// Counting before calling makes `attempts` the real number of calls, and
-/// keeps a settled payment from being asked again.
-pub async fn count_call(
-    conn: &mut AsyncPgConnection,
-    order_id: Uuid,
-    max_calls: i32,
-) -> QueryResult<Option<i32>> {
-    diesel::update(
-        payments::table
-            .filter(payments::order_id.eq(order_id))
-            .filter(payments::status.eq(STATUS_PENDING))
-            .filter(payments::attempts.lt(max_calls)),
-    )
-    .set((
-        payments::attempts.eq(payments::attempts + 1),
-        payments::update_time.eq(diesel::dsl::now),
-    ))
-    .returning(payments::attempts)
-    .get_result(conn)
-    .await
-    .optional()
+/// What a payment's calls came to after one more went unanswered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AfterUnanswered {
+    /// The next call is counted; `attempts` calls made with it.
+    CallAgain { attempts: i32 },
+    /// `max_unanswered` calls went unanswered: the payment is to be declined.
+    OutOfCalls,
+    /// The payment was settled meanwhile.
+    Settled,
 }
 
-/// Whether the order's payment is still pending.
-pub async fn is_pending(conn: &mut AsyncPgConnection, order_id: Uuid) -> QueryResult<bool> {
-    let pending: Option<i64> = payments::table
-        .filter(payments::order_id.eq(order_id))
-        .filter(payments::status.eq(STATUS_PENDING))
-        .count()
-        .get_result(conn)
-        .await
-        .optional()?;
-    Ok(pending.unwrap_or(0) > 0)
+/// Counts a call that ended without an answer and, while fewer than
+/// `max_unanswered` did, the next call, in one statement. Counting a call
+/// before it is made keeps `attempts` the real number of calls; calls cut
+/// off by a stop or a crash are counted there but never here.
+pub async fn count_unanswered(
+    conn: &mut AsyncPgConnection,
+    order_id: Uuid,
+    max_unanswered: i32,
+) -> QueryResult<AfterUnanswered> {
+    use diesel::sql_types::Integer;
+    // SET reads the row as it was, so `unanswered + 1` is the new count.
+    let next_call = diesel::dsl::sql::<Integer>("CASE WHEN unanswered + 1 < ")
+        .bind::<Integer, _>(max_unanswered)
+        .sql(" THEN 1 ELSE 0 END");
+    let counts: Option<(i32, i32)> = diesel::update(
+        payments::table
+            .filter(payments::order_id.eq(order_id))
+            .filter(payments::status.eq(STATUS_PENDING)),
+    )
+    .set((
+        payments::unanswered.eq(payments::unanswered + 1),
+        payments::attempts.eq(payments::attempts + next_call),
+        payments::update_time.eq(diesel::dsl::now),
+    ))
+    .returning((payments::unanswered, payments::attempts))
+    .get_result(conn)
+    .await
+    .optional()?;
+    Ok(match counts {
+        None => AfterUnanswered::Settled,
+        Some((unanswered, _)) if unanswered >= max_unanswered => AfterUnanswered::OutOfCalls,
+        Some((_, attempts)) => AfterUnanswered::CallAgain { attempts },
+    })
 }
 
 /// Moves a pending payment to `status` (COMPLETED, or DECLINED with a

@@ -14,5 +14,6 @@ diesel::table! {
         attempts -> Int4,
         update_time -> Timestamptz,
         settler -> Nullable<Text>,
+        unanswered -> Int4,
     }
 }

@@ -38,7 +38,7 @@ use oms_common::outbox::{self, OutboxMessage};
 use oms_common::retry::{Backoff, retry_until_ok};
 
 use crate::provider::{Charge, Decision, PaymentProvider};
-use crate::repository::{self, PaymentRow, STATUS_COMPLETED, STATUS_DECLINED};
+use crate::repository::{self, AfterUnanswered, PaymentRow, STATUS_COMPLETED, STATUS_DECLINED};
 
 /// The decline reason of a payment whose provider never answered.
 pub const UNANSWERED_REASON: &str = "payment provider did not answer";
@@ -286,7 +286,10 @@ impl<P: PaymentProvider> Settlement<P> {
     /// Calls the provider until it answers or `max_attempts` calls went
     /// unanswered; `None` at shutdown or when the payment is settled
     /// meanwhile. Each call is counted in the database before it is made:
-    /// the first by the claim that read `payment`, the others here.
+    /// the first by the claim that read `payment`, the others here, with
+    /// the unanswered call before them. A call cut off by shutdown or a
+    /// crash is never counted as unanswered, so restarts cannot decline a
+    /// payment the provider may have charged.
     async fn ask_provider(
         &self,
         payment: &PaymentRow,
@@ -317,43 +320,44 @@ impl<P: PaymentProvider> Settlement<P> {
                 _ = tokio::time::sleep(backoff.next_delay()) => {}
                 _ = shutdown.cancelled() => return None,
             }
-            let counted = retry_until_ok(
-                "the database to count a provider call",
+            let after = retry_until_ok(
+                "the database to count an unanswered provider call",
                 shutdown,
-                || async { self.count_call(order_id).await.map_err(anyhow::Error::from) },
+                || async {
+                    self.count_unanswered(order_id)
+                        .await
+                        .map_err(anyhow::Error::from)
+                },
             )
             .await?;
-            let Some(counted) = counted else {
-                let pending =
-                    retry_until_ok("the database to read a payment", shutdown, || async {
-                        self.is_pending(order_id).await.map_err(anyhow::Error::from)
-                    })
-                    .await?;
-                if !pending {
+            match after {
+                AfterUnanswered::CallAgain { attempts } => attempt = attempts,
+                AfterUnanswered::Settled => {
                     tracing::debug!(%order_id, "payment settled meanwhile");
                     return None;
                 }
-                tracing::error!(%order_id, max_attempts, "payment provider did not answer, declining the payment");
-                return Some(Outcome::Unanswered);
-            };
-            attempt = counted;
+                AfterUnanswered::OutOfCalls => {
+                    tracing::error!(%order_id, max_attempts, "payment provider did not answer, declining the payment");
+                    return Some(Outcome::Unanswered);
+                }
+            }
         }
     }
 
     /// Claims the first call of up to `limit` pending payments (except
     /// `skip`), and finds those out of calls, which are declined.
     async fn claim(&self, skip: &[Uuid], limit: i64) -> Result<Claimed, DbError> {
-        let max_calls = self.policy.max_attempts;
+        let max_unanswered = self.policy.max_attempts;
         let mut conn = self.pool.get().await?;
-        let calls = repository::claim_calls(&mut conn, skip, limit, max_calls).await?;
+        let calls = repository::claim_calls(&mut conn, skip, limit, max_unanswered).await?;
         let room = limit - calls.len() as i64;
         let out_of_calls = if room > 0 {
-            repository::out_of_calls(&mut conn, skip, room, max_calls).await?
+            repository::out_of_calls(&mut conn, skip, room, max_unanswered).await?
         } else {
             Vec::new()
         };
         for payment in &out_of_calls {
-            tracing::error!(order_id = %payment.order_id, max_calls, "payment provider did not answer, declining the payment");
+            tracing::error!(order_id = %payment.order_id, max_unanswered, "payment provider did not answer, declining the payment");
         }
         Ok(Claimed {
             calls,
@@ -364,14 +368,9 @@ impl<P: PaymentProvider> Settlement<P> {
         })
     }
 
-    async fn count_call(&self, order_id: Uuid) -> Result<Option<i32>, DbError> {
+    async fn count_unanswered(&self, order_id: Uuid) -> Result<AfterUnanswered, DbError> {
         let mut conn = self.pool.get().await?;
-        Ok(repository::count_call(&mut conn, order_id, self.policy.max_attempts).await?)
-    }
-
-    async fn is_pending(&self, order_id: Uuid) -> Result<bool, DbError> {
-        let mut conn = self.pool.get().await?;
-        Ok(repository::is_pending(&mut conn, order_id).await?)
+        Ok(repository::count_unanswered(&mut conn, order_id, self.policy.max_attempts).await?)
     }
 
     /// Records the outcomes and their events in one transaction, for the

@@ -134,48 +134,55 @@ async fn a_provider_that_never_answers_declines_the_order_once() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_payment_pending_at_shutdown_is_settled_once_after_restart() {
+async fn a_payment_pending_at_shutdown_is_settled_once_after_restarts() {
+    // More lives cut short than the provider may leave unanswered: our own
+    // stops say nothing about the provider, so they never decline.
+    const MAX_UNANSWERED: i32 = 2;
+    const STOPS: u32 = 3;
     let db = TestDatabase::create().await;
     let prefix = unique_topic_prefix();
     let topics = TopicNames::new(prefix.clone());
-    let silent = simulator(Fault::Timeout(1));
+    let silent = simulator(Fault::Timeout(STOPS));
     let ledger = silent.ledger.clone();
     let patient = ProviderPolicy {
         timeout: Duration::from_secs(60),
-        max_attempts: 5,
+        max_attempts: MAX_UNANSWERED,
     };
-    let service = start_with(&db, &prefix, silent.clone(), patient).await;
+    // The same ledger, answering: no record is delivered again, so only the
+    // worker's sweep can find the payment after the last restart.
+    let answering = SimulatedProvider {
+        fault: Fault::None,
+        ..silent.clone()
+    };
+    let mut service = start_with(&db, &prefix, silent.clone(), patient).await;
     let order_uuid = Uuid::now_v7();
     let order_id = order_uuid.to_string();
     let request = events::process_payment(&order_id, "judy");
     publish(&topics, PROCESS_PAYMENT, &record(&order_id, &request)).await;
 
-    eventually("the provider asked", WAIT, || async {
-        ledger.calls(order_uuid) == 1
-    })
-    .await;
-    let pending = get_payment(&service, &order_id).await.expect("pending");
-    assert_eq!(pending.status, PaymentStatus::Pending as i32);
-    assert_eq!(pending.decline_reason, "");
-    // Shutdown abandons the call in flight; the payment stays PENDING.
-    service.stop().await.expect("clean shutdown");
-    assert_eq!(
-        state_of(&db, order_uuid).await.map(|(status, ..)| status),
-        Some("PENDING".to_owned())
-    );
-
-    // No record is delivered again: only the worker's sweep can find it.
-    let answering = SimulatedProvider {
-        fault: Fault::None,
-        ..silent
-    };
-    let service = start_with(&db, &prefix, answering, patient).await;
-    let (status, ..) = settled(&db, order_uuid).await;
-    assert_eq!(status, "COMPLETED");
+    for stop in 1..=STOPS {
+        eventually("the provider asked", WAIT, || async {
+            ledger.calls(order_uuid) == stop
+        })
+        .await;
+        let pending = get_payment(&service, &order_id).await.expect("pending");
+        assert_eq!(pending.status, PaymentStatus::Pending as i32);
+        assert_eq!(pending.decline_reason, "");
+        // Shutdown abandons the call in flight; the payment stays PENDING.
+        service.stop().await.expect("clean shutdown");
+        assert_eq!(
+            state_of(&db, order_uuid).await.map(|(status, ..)| status),
+            Some("PENDING".to_owned())
+        );
+        let provider = if stop < STOPS { &silent } else { &answering };
+        service = start_with(&db, &prefix, provider.clone(), patient).await;
+    }
+    let (status, reason, calls) = settled(&db, order_uuid).await;
+    assert_eq!((status.as_str(), reason, calls), ("COMPLETED", None, 4));
     events::wait_until_outbox_drained(&db, SCHEMA).await;
     assert_eq!(
         (ledger.calls(order_uuid), ledger.charges(order_uuid)),
-        (2, 1),
+        (STOPS + 1, 1),
         "asked again under the same key, charged once"
     );
     assert_eq!(published(&topics, PAYMENT_SUCCEEDED).await.len(), 1);
