@@ -4,7 +4,6 @@
 //! `just test-faults`.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use diesel_async::{AsyncConnection, AsyncPgConnection, SimpleAsyncConnection};
@@ -18,6 +17,7 @@ use oms_api::orders::v1::{CreateOrderRequest, GetOrderRequest};
 use oms_testkit::audit::{Topics, assert_effects_exactly_once};
 use oms_testkit::broker::TestBroker;
 use oms_testkit::grpc::{self, ServingStatus};
+use oms_testkit::load::PacedLoad;
 use oms_testkit::system::{GATEWAY, NOTIFICATION, ORDER, PAYMENT, System};
 use oms_testkit::{TestDatabase, database, eventually, unique_topic_prefix};
 
@@ -68,31 +68,13 @@ async fn orders_survive_repeated_sigkills_of_every_downstream_service() {
     let mut system = System::start_on_test_broker(&db).await;
     let client = system.gateway().await;
 
-    let accepted = Arc::new(Mutex::new(Vec::with_capacity(ORDERS)));
-    let load = {
-        let accepted = Arc::clone(&accepted);
-        tokio::spawn(async move {
-            let workers = (0..CLIENTS).map(|worker| {
-                let mut client = client.clone();
-                let accepted = Arc::clone(&accepted);
-                async move {
-                    for i in (worker..ORDERS).step_by(CLIENTS) {
-                        let order = client
-                            .create_order(order_request(i))
-                            .await
-                            .expect("gateway accepts")
-                            .into_inner();
-                        accepted
-                            .lock()
-                            .expect("lock")
-                            .push(Uuid::parse_str(&order.order_id).expect("uuid"));
-                        tokio::time::sleep(PAUSE_BETWEEN_ORDERS).await;
-                    }
-                }
-            });
-            futures::future::join_all(workers).await;
-        })
-    };
+    let load = PacedLoad {
+        orders: ORDERS,
+        clients: CLIENTS,
+        pause: PAUSE_BETWEEN_ORDERS,
+        request: order_request,
+    }
+    .spawn(vec![client]);
 
     let mut kills: HashMap<&str, usize> = HashMap::new();
     let started = Instant::now();
@@ -103,14 +85,13 @@ async fn orders_survive_repeated_sigkills_of_every_downstream_service() {
             *kills.entry(victim).or_default() += 1;
         }
     }
-    load.await.expect("load generator");
+    let accepted = load.await.expect("load generator");
     let load_time = started.elapsed();
     for name in [ORDER, PAYMENT, NOTIFICATION] {
         system
             .wait_until_serving(name, Duration::from_secs(30))
             .await;
     }
-    let accepted = accepted.lock().expect("lock").clone();
     assert_eq!(accepted.len(), ORDERS);
     println!(
         "accepted {} orders in {load_time:?}; SIGKILLs: {kills:?}",

@@ -4,16 +4,14 @@
 //! Afterwards every accepted order is paid exactly once, with one payment
 //! and two notifications. Run it alone with `just test-faults`.
 
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-
-use uuid::Uuid;
 
 use oms_api::google::r#type::Money;
 use oms_api::orders::v1::CreateOrderRequest;
 use oms_testkit::TestDatabase;
 use oms_testkit::audit::{Topics, assert_effects_exactly_once};
 use oms_testkit::cluster::Cluster;
+use oms_testkit::load::PacedLoad;
 use oms_testkit::system::{NOTIFICATION, ORDER, PAYMENT};
 
 const LEASE_MS: u64 = 3_000;
@@ -66,31 +64,13 @@ async fn every_order_completes_once_while_replicas_crash_stop_and_pause() {
     let mut cluster = Cluster::start(&db, 3, 2, &extra).await;
     let gateways = [cluster.gateway(0).await, cluster.gateway(1).await];
 
-    let accepted = Arc::new(Mutex::new(Vec::with_capacity(ORDERS)));
-    let load = {
-        let accepted = Arc::clone(&accepted);
-        tokio::spawn(async move {
-            let clients = (0..CLIENTS).map(|client| {
-                let mut gateway = gateways[client % 2].clone();
-                let accepted = Arc::clone(&accepted);
-                async move {
-                    for i in (client..ORDERS).step_by(CLIENTS) {
-                        let order = gateway
-                            .create_order(order_request(i))
-                            .await
-                            .expect("a gateway accepts")
-                            .into_inner();
-                        accepted
-                            .lock()
-                            .expect("lock")
-                            .push(Uuid::parse_str(&order.order_id).expect("uuid"));
-                        tokio::time::sleep(PAUSE_BETWEEN_ORDERS).await;
-                    }
-                }
-            });
-            futures::future::join_all(clients).await;
-        })
-    };
+    let load = PacedLoad {
+        orders: ORDERS,
+        clients: CLIENTS,
+        pause: PAUSE_BETWEEN_ORDERS,
+        request: order_request,
+    }
+    .spawn(gateways.to_vec());
 
     let started = Instant::now();
     let mut done = Vec::new();
@@ -118,8 +98,7 @@ async fn every_order_completes_once_while_replicas_crash_stop_and_pause() {
         ));
     }
     let faults_over = started.elapsed();
-    load.await.expect("load generator");
-    let accepted = accepted.lock().expect("lock").clone();
+    let accepted = load.await.expect("load generator");
     assert_eq!(accepted.len(), ORDERS);
     println!(
         "accepted {} orders in {:?}; faults done in {faults_over:?}: {done:#?}",

@@ -12,6 +12,7 @@ pub mod database;
 pub mod events;
 pub mod grpc;
 pub mod kafka;
+pub mod load;
 pub mod process;
 pub mod proxy;
 pub mod raw_produce;
