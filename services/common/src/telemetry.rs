@@ -27,14 +27,83 @@ impl LogFormat {
 
 /// Installs the global subscriber. Call once, from `main`.
 pub fn init(format: LogFormat) {
-    // rskafka logs every connection and leader lookup at info.
-    let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,rskafka=warn"));
     let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+        .with_env_filter(log_filter(var("RUST_LOG").as_deref()))
         .with_target(false);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
+}
+
+/// The levels `rust_log` asks for (default: info).
+///
+/// rskafka logs every connection and leader lookup at info, so it gets warn
+/// by default. Its controller client logs at error every answer it does not
+/// retry, including `TopicAlreadyExists` when services starting together
+/// race to create a topic, which is expected. Every such error is also
+/// returned to us, and we log the ones that matter, so those lines are
+/// silenced unless `rust_log` names rskafka itself.
+fn log_filter(rust_log: Option<&str>) -> EnvFilter {
+    let rust_log = rust_log.map(str::trim).filter(|levels| !levels.is_empty());
+    let filter = EnvFilter::new(rust_log.unwrap_or("info,rskafka=warn"));
+    if rust_log.is_some_and(|levels| levels.contains("rskafka")) {
+        return filter;
+    }
+    filter.add_directive(
+        "rskafka::client::controller=off"
+            .parse()
+            .expect("a valid directive"),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Captured {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().expect("lock").extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// What a subscriber with `rust_log`'s filter prints of an error from
+    /// rskafka's controller and one of ours.
+    fn printed(rust_log: Option<&str>) -> String {
+        let captured = Captured::default();
+        let writer = captured.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_env_filter(log_filter(rust_log))
+            .with_writer(move || writer.clone())
+            .finish();
+        tracing::subscriber::with_default(subscriber, || {
+            tracing::error!(target: "rskafka::client::controller", "topic already exists");
+            tracing::error!(target: "order_service", "ours");
+        });
+        let bytes = captured.0.lock().expect("lock").clone();
+        String::from_utf8(bytes).expect("utf-8")
+    }
+
+    #[test]
+    fn a_topic_creation_race_prints_no_error_but_ours_do() {
+        for rust_log in [None, Some("info"), Some("debug,order_service=trace")] {
+            let printed = printed(rust_log);
+            assert!(printed.contains("ours"), "{rust_log:?}: {printed}");
+            assert!(
+                !printed.contains("already exists"),
+                "{rust_log:?}: {printed}"
+            );
+        }
+        assert!(printed(Some("info,rskafka=debug")).contains("already exists"));
     }
 }
