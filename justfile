@@ -56,7 +56,8 @@ postgres:
 postgres-stop:
     {{scripts}}/postgres.sh stop
 
-# Removes rskafka's 40 ms Nagle stall on loopback (root only).
+# Optional tuning (root only): quick ACKs on the loopback route; see the
+# README, "rskafka and Nagle".
 quickack:
     {{scripts}}/quickack.sh
 

@@ -42,20 +42,19 @@ export OMS_STATE_DIR="$ROOT/target/bench/broker"
 "$ROOT/build-support/scripts/broker.sh" start
 
 if ip route show table local 2>/dev/null | grep -q "127.0.0.1.*quickack 1"; then
-  log "loopback quickack is on (no 40 ms Nagle stall)"
+  log "loopback quickack is on (an optional tuning; see README)"
 else
-  log "loopback quickack is off: lone produce requests stall ~40 ms (see README, 'just quickack')"
+  log "loopback quickack is off (the default; see README, 'rskafka and Nagle')"
 fi
 
 run_id="$(date +%s)"
 admin_url="${DATABASE_URL:-postgres://postgres@$PG_HOST:$PG_PORT/postgres}"
 export DATABASE_URL="${admin_url%/*}/bench_$run_id"
 export KAFKA_TOPIC_PREFIX="bench-$run_id-"
-# One partition per topic and at most 5 ms between fetches of a quiet
-# partition on this 2-core machine: the broker's work is mostly fetches, one
-# per partition consumer per pause. BENCHMARKS.md has the measurements.
-export KAFKA_TOPIC_PARTITIONS="${KAFKA_TOPIC_PARTITIONS:-1}"
-export KAFKA_FETCH_MAX_IDLE_PAUSE_MS="${KAFKA_FETCH_MAX_IDLE_PAUSE_MS:-5}"
+# The services run with their defaults (6 partitions per topic, the
+# default fetch pacing), as `just run` and docker-compose run them; set
+# KAFKA_TOPIC_PARTITIONS or KAFKA_FETCH_MAX_IDLE_PAUSE_MS in the environment
+# to measure other settings.
 export RUST_LOG="${RUST_LOG:-warn}"
 # Below Linux's ephemeral range (32768-60999), where an outgoing
 # connection can hold a port just when a service wants to listen on it.
