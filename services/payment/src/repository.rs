@@ -161,47 +161,67 @@ pub async fn out_of_calls(
 /// What a payment's calls came to after one more went unanswered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AfterUnanswered {
-    /// The next call is counted; `attempts` calls made with it.
-    CallAgain { attempts: i32 },
+    /// Fewer than `max_unanswered` went unanswered: the provider may be
+    /// asked again.
+    CallAgain,
     /// `max_unanswered` calls went unanswered: the payment is to be declined.
     OutOfCalls,
     /// The payment was settled meanwhile.
     Settled,
 }
 
-/// Counts a call that ended without an answer and, while fewer than
-/// `max_unanswered` did, the next call, in one statement. Counting a call
-/// before it is made keeps `attempts` the real number of calls; calls cut
-/// off by a stop or a crash are counted there but never here.
+/// Counts a call that timed out or failed. Calls cut off by a stop or a
+/// crash are counted in `attempts` but never here, so only the provider's
+/// silence can decline a payment.
 pub async fn count_unanswered(
     conn: &mut AsyncPgConnection,
     order_id: Uuid,
     max_unanswered: i32,
 ) -> QueryResult<AfterUnanswered> {
-    use diesel::sql_types::Integer;
-    // SET reads the row as it was, so `unanswered + 1` is the new count.
-    let next_call = diesel::dsl::sql::<Integer>("CASE WHEN unanswered + 1 < ")
-        .bind::<Integer, _>(max_unanswered)
-        .sql(" THEN 1 ELSE 0 END");
-    let counts: Option<(i32, i32)> = diesel::update(
+    let unanswered: Option<i32> = diesel::update(
         payments::table
             .filter(payments::order_id.eq(order_id))
             .filter(payments::status.eq(STATUS_PENDING)),
     )
     .set((
         payments::unanswered.eq(payments::unanswered + 1),
-        payments::attempts.eq(payments::attempts + next_call),
         payments::update_time.eq(diesel::dsl::now),
     ))
-    .returning((payments::unanswered, payments::attempts))
+    .returning(payments::unanswered)
     .get_result(conn)
     .await
     .optional()?;
-    Ok(match counts {
+    Ok(match unanswered {
         None => AfterUnanswered::Settled,
-        Some((unanswered, _)) if unanswered >= max_unanswered => AfterUnanswered::OutOfCalls,
-        Some((_, attempts)) => AfterUnanswered::CallAgain { attempts },
+        Some(unanswered) if unanswered >= max_unanswered => AfterUnanswered::OutOfCalls,
+        Some(_) => AfterUnanswered::CallAgain,
     })
+}
+
+/// Counts a provider call about to be made, while the payment is pending and
+/// fewer than `max_unanswered` calls went unanswered; returns the calls
+/// counted so far, or `None` when no call may be made (settled meanwhile,
+/// or out of calls). Counting before calling makes `attempts` the real
+/// number of calls.
+pub async fn count_call(
+    conn: &mut AsyncPgConnection,
+    order_id: Uuid,
+    max_unanswered: i32,
+) -> QueryResult<Option<i32>> {
+    diesel::update(
+        payments::table
+            .filter(payments::order_id.eq(order_id))
+            .filter(payments::status.eq(STATUS_PENDING))
+            .filter(payments::unanswered.lt(max_unanswered)),
+    )
+    .set((
+        payments::attempts.eq(payments::attempts + 1),
+        payments::update_time.eq(diesel::dsl::now),
+    ))
+    .returning(payments::attempts)
+    .get_result(conn)
+    .await
+    .optional()
 }
 
 /// Moves a pending payment to `status` (COMPLETED, or DECLINED with a

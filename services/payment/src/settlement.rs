@@ -12,12 +12,15 @@
 //! by the worker itself, so settling uses one connection at a time.
 //!
 //! A call is bounded by `PAYMENT_PROVIDER_TIMEOUT_MS` (default 2000); calls
-//! that get no answer are counted in the row and retried with backoff, and
-//! after `PAYMENT_PROVIDER_MAX_ATTEMPTS` (default 5) the payment is DECLINED
-//! with [`UNANSWERED_REASON`], so its order is cancelled, never left
-//! waiting. The worker wakes after each committed batch of requests and
-//! sweeps every 500 ms, which settles payments left PENDING by a process
-//! that stopped or crashed mid-call.
+//! that time out, fail or panic are counted in the row as unanswered and
+//! retried with backoff, and after `PAYMENT_PROVIDER_MAX_ATTEMPTS` (default
+//! 5) the payment is DECLINED with [`UNANSWERED_REASON`], so its order is
+//! cancelled, not left waiting on a silent provider. A call cut off by our
+//! own stop or crash is asked again and never counts: only a process that
+//! crashes on every call to one payment could keep it waiting. The worker
+//! wakes after each committed batch of requests and sweeps every 500 ms,
+//! which settles payments left PENDING by a process that stopped or crashed
+//! mid-call.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -197,7 +200,18 @@ impl<P: PaymentProvider> Settlement<P> {
                             }
                             Err(err) => {
                                 tracing::error!(error = %err, "payment settlement task failed");
-                                in_flight.remove(&err.id());
+                                // Counted as a call without an answer, so a
+                                // payment whose call always panics is
+                                // declined in the end, not retried forever.
+                                if let Some(order_id) = in_flight.remove(&err.id())
+                                    && retry_until_ok("the database to count a failed call", &shutdown, || async {
+                                        self.count_unanswered(order_id).await.map_err(anyhow::Error::from)
+                                    })
+                                    .await
+                                    .is_none()
+                                {
+                                    break;
+                                }
                             }
                         }
                         joined = tasks.try_join_next_with_id();
@@ -286,9 +300,9 @@ impl<P: PaymentProvider> Settlement<P> {
     /// Calls the provider until it answers or `max_attempts` calls went
     /// unanswered; `None` at shutdown or when the payment is settled
     /// meanwhile. Each call is counted in the database before it is made:
-    /// the first by the claim that read `payment`, the others here, with
-    /// the unanswered call before them. A call cut off by shutdown or a
-    /// crash is never counted as unanswered, so restarts cannot decline a
+    /// the first by the claim that read `payment`, the others here. A call
+    /// that times out or fails is counted as unanswered at once; one cut
+    /// off by shutdown or a crash never is, so restarts cannot decline a
     /// payment the provider may have charged.
     async fn ask_provider(
         &self,
@@ -316,10 +330,8 @@ impl<P: PaymentProvider> Settlement<P> {
                 _ = shutdown.cancelled() => return None,
             };
             tracing::warn!(%order_id, attempt, max_attempts, %error, "payment provider call failed");
-            tokio::select! {
-                _ = tokio::time::sleep(backoff.next_delay()) => {}
-                _ = shutdown.cancelled() => return None,
-            }
+            // Counted before the pause, so that a stop during it cannot
+            // lose a call that really went unanswered.
             let after = retry_until_ok(
                 "the database to count an unanswered provider call",
                 shutdown,
@@ -331,7 +343,7 @@ impl<P: PaymentProvider> Settlement<P> {
             )
             .await?;
             match after {
-                AfterUnanswered::CallAgain { attempts } => attempt = attempts,
+                AfterUnanswered::CallAgain => {}
                 AfterUnanswered::Settled => {
                     tracing::debug!(%order_id, "payment settled meanwhile");
                     return None;
@@ -341,6 +353,21 @@ impl<P: PaymentProvider> Settlement<P> {
                     return Some(Outcome::Unanswered);
                 }
             }
+            tokio::select! {
+                _ = tokio::time::sleep(backoff.next_delay()) => {}
+                _ = shutdown.cancelled() => return None,
+            }
+            let counted = retry_until_ok(
+                "the database to count a provider call",
+                shutdown,
+                || async { self.count_call(order_id).await.map_err(anyhow::Error::from) },
+            )
+            .await?;
+            let Some(counted) = counted else {
+                tracing::debug!(%order_id, "payment settled meanwhile");
+                return None;
+            };
+            attempt = counted;
         }
     }
 
@@ -371,6 +398,11 @@ impl<P: PaymentProvider> Settlement<P> {
     async fn count_unanswered(&self, order_id: Uuid) -> Result<AfterUnanswered, DbError> {
         let mut conn = self.pool.get().await?;
         Ok(repository::count_unanswered(&mut conn, order_id, self.policy.max_attempts).await?)
+    }
+
+    async fn count_call(&self, order_id: Uuid) -> Result<Option<i32>, DbError> {
+        let mut conn = self.pool.get().await?;
+        Ok(repository::count_call(&mut conn, order_id, self.policy.max_attempts).await?)
     }
 
     /// Records the outcomes and their events in one transaction, for the
