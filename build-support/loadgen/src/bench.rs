@@ -78,12 +78,15 @@ pub async fn run_phase(
     // Once the aborted sampler is gone, the tracker has one owner again.
     let _ = sampler.await;
     let _ = stop_progress.send(());
+    // Read before the audit, which reads every topic back and so would
+    // count its own work as the broker's.
+    let completed = audit::terminal_count(&mut conn, &sent.accepted).await?;
     let services = Arc::try_unwrap(tracker)
         .map(|tracker| {
             tracker
                 .into_inner()
                 .unwrap_or_else(PoisonError::into_inner)
-                .finish()
+                .finish(completed.max(0) as u64)
         })
         .unwrap_or_default();
     let audit = audit::audit(&mut conn, &topics, &sent.accepted).await?;

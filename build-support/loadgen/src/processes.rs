@@ -1,6 +1,9 @@
-//! CPU time and memory of the service processes, from `/proc` (Linux).
-//! The services are found by their executable's name, so the benchmark
-//! works however they were started.
+//! CPU time and memory of the processes that carry an order, from `/proc`
+//! (Linux): the four services (every instance), the broker (tansu) and
+//! PostgreSQL (every backend, plus those that exited, through the
+//! postmaster's children times). They are found by name, so the benchmark
+//! works however they were started. The broker and PostgreSQL are counted
+//! whole: on the benchmark machine they serve nothing else.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -13,18 +16,40 @@ pub const SERVICES: [&str; 4] = [
     "payment-service",
     "notification-service",
 ];
+pub const BROKER: &str = "tansu";
+pub const DATABASE: &str = "postgres";
 
 /// One reading of one process.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Reading {
+    /// User and system time of the process and of its children that exited
+    /// and were waited for (PostgreSQL's ended backends, for the postmaster).
     pub cpu_seconds: f64,
     pub rss_kib: u64,
     pub peak_rss_kib: u64,
 }
 
-/// The pids of the running services, by service name.
-pub fn find_services() -> BTreeMap<&'static str, u32> {
-    let mut found = BTreeMap::new();
+/// Which tracked group a process belongs to, from its command line and
+/// its `comm` (PostgreSQL rewrites its backends' command lines).
+fn group_of(cmdline: &[u8], comm: &str) -> Option<&'static str> {
+    if comm == DATABASE {
+        return Some(DATABASE);
+    }
+    let program = cmdline.split(|b| *b == 0).next().unwrap_or_default();
+    let name = Path::new(std::str::from_utf8(program).unwrap_or_default())
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or_default();
+    SERVICES
+        .iter()
+        .chain([&BROKER])
+        .find(|group| **group == name)
+        .copied()
+}
+
+/// The pids of the running services, broker and database, by group.
+pub fn find_processes() -> BTreeMap<&'static str, Vec<u32>> {
+    let mut found: BTreeMap<&'static str, Vec<u32>> = BTreeMap::new();
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return found;
     };
@@ -39,13 +64,9 @@ pub fn find_services() -> BTreeMap<&'static str, u32> {
         let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
             continue;
         };
-        let program = cmdline.split(|b| *b == 0).next().unwrap_or_default();
-        let name = Path::new(std::str::from_utf8(program).unwrap_or_default())
-            .file_name()
-            .and_then(|n| n.to_str())
-            .unwrap_or_default();
-        if let Some(service) = SERVICES.iter().find(|s| **s == name) {
-            found.insert(*service, pid);
+        let comm = std::fs::read_to_string(entry.path().join("comm")).unwrap_or_default();
+        if let Some(group) = group_of(&cmdline, comm.trim()) {
+            found.entry(group).or_default().push(pid);
         }
     }
     found
@@ -69,10 +90,14 @@ fn clock_ticks() -> f64 {
 pub fn read(pid: u32) -> Option<Reading> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // Fields after the command name, which is in parentheses and may
-    // contain spaces: state is field 3, utime 14 and stime 15.
+    // contain spaces: state is field 3, utime 14, stime 15, cutime 16 and
+    // cstime 17.
     let after_name = stat.rsplit_once(')')?.1;
     let fields: Vec<&str> = after_name.split_whitespace().collect();
-    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    let mut ticks = 0.0;
+    for field in 11..=14 {
+        ticks += fields.get(field)?.parse::<f64>().ok()?;
+    }
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let kib = |key: &str| {
         status
@@ -89,59 +114,70 @@ pub fn read(pid: u32) -> Option<Reading> {
     })
 }
 
-/// What one service used during a phase.
+/// What one group of processes used during a phase.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Usage {
+    /// CPU time of every process of the group (instances, backends).
     pub cpu_seconds: f64,
-    /// The largest resident set seen while the phase ran (sampled each second).
+    /// The same per order completed in the phase, in microseconds.
+    pub cpu_us_per_order: f64,
+    /// The largest resident set of one process of the group seen while the
+    /// phase ran (sampled each second).
     pub max_rss_mib: f64,
-    /// The process's peak resident set since it started (VmHWM).
+    /// The largest peak resident set of one process since it started (VmHWM).
     pub peak_rss_mib: f64,
 }
 
-/// Tracks the services through a phase.
+/// Tracks the services, broker and database through a phase.
 pub struct Tracker {
-    pids: BTreeMap<&'static str, u32>,
-    start: BTreeMap<&'static str, Reading>,
+    start: BTreeMap<u32, Reading>,
     max_rss_kib: BTreeMap<&'static str, u64>,
 }
 
 impl Tracker {
     pub fn start() -> Self {
-        let pids = find_services();
-        let start = pids
-            .iter()
-            .filter_map(|(name, pid)| Some((*name, read(*pid)?)))
+        let start = find_processes()
+            .into_values()
+            .flatten()
+            .filter_map(|pid| Some((pid, read(pid)?)))
             .collect();
         Self {
-            pids,
             start,
             max_rss_kib: BTreeMap::new(),
         }
     }
 
     pub fn sample(&mut self) {
-        for (name, pid) in &self.pids {
-            if let Some(reading) = read(*pid) {
-                let max = self.max_rss_kib.entry(name).or_default();
+        for (group, pids) in find_processes() {
+            for reading in pids.into_iter().filter_map(read) {
+                let max = self.max_rss_kib.entry(group).or_default();
                 *max = (*max).max(reading.rss_kib);
             }
         }
     }
 
-    pub fn finish(mut self) -> BTreeMap<String, Usage> {
+    /// What each group used since `start`, per order of `completed`. A
+    /// process that started during the phase counts from zero; one that
+    /// ended during it is missed, except PostgreSQL's backends.
+    pub fn finish(mut self, completed: u64) -> BTreeMap<String, Usage> {
         self.sample();
         let mut usage = BTreeMap::new();
-        for (name, pid) in &self.pids {
-            let (Some(end), Some(start)) = (read(*pid), self.start.get(name)) else {
-                continue;
-            };
+        for (group, pids) in find_processes() {
+            let mut cpu_seconds = 0.0;
+            let mut peak_rss_kib = 0;
+            for pid in pids {
+                let Some(end) = read(pid) else { continue };
+                let start = self.start.get(&pid).map_or(0.0, |r| r.cpu_seconds);
+                cpu_seconds += (end.cpu_seconds - start).max(0.0);
+                peak_rss_kib = peak_rss_kib.max(end.peak_rss_kib);
+            }
             usage.insert(
-                (*name).to_owned(),
+                group.to_owned(),
                 Usage {
-                    cpu_seconds: end.cpu_seconds - start.cpu_seconds,
-                    max_rss_mib: self.max_rss_kib.get(name).copied().unwrap_or(0) as f64 / 1024.0,
-                    peak_rss_mib: end.peak_rss_kib as f64 / 1024.0,
+                    cpu_seconds,
+                    cpu_us_per_order: per_order_us(cpu_seconds, completed),
+                    max_rss_mib: self.max_rss_kib.get(group).copied().unwrap_or(0) as f64 / 1024.0,
+                    peak_rss_mib: peak_rss_kib as f64 / 1024.0,
                 },
             );
         }
@@ -149,9 +185,55 @@ impl Tracker {
     }
 }
 
+/// CPU microseconds per order; zero when no order completed.
+fn per_order_us(cpu_seconds: f64, completed: u64) -> f64 {
+    if completed == 0 {
+        return 0.0;
+    }
+    cpu_seconds * 1e6 / completed as f64
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn processes_are_grouped_by_program_and_postgres_by_comm() {
+        let cmdline = |args: &[&str]| args.join("\0").into_bytes();
+        assert_eq!(
+            group_of(
+                &cmdline(&["/x/target/release/order-service"]),
+                "order-service"
+            ),
+            Some("order-service")
+        );
+        // comm is cut at 15 characters; the command line is not.
+        assert_eq!(
+            group_of(
+                &cmdline(&["/x/target/release/notification-service"]),
+                "notification-se"
+            ),
+            Some("notification-service")
+        );
+        assert_eq!(
+            group_of(&cmdline(&["/root/.cargo/bin/tansu", "broker"]), "tansu"),
+            Some(BROKER)
+        );
+        assert_eq!(
+            group_of(
+                &cmdline(&["postgres: postgres bench_1 127.0.0.1(5432) idle"]),
+                "postgres"
+            ),
+            Some(DATABASE)
+        );
+        assert_eq!(group_of(&cmdline(&["/usr/bin/bash"]), "bash"), None);
+    }
+
+    #[test]
+    fn cpu_per_order_is_in_microseconds() {
+        assert_eq!(per_order_us(2.0, 1_000), 2_000.0);
+        assert_eq!(per_order_us(2.0, 0), 0.0);
+    }
 
     #[test]
     fn this_process_can_be_read() {

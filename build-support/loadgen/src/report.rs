@@ -200,16 +200,28 @@ impl Report {
                 p.e2e.p999_ms,
             );
         }
-        if let Some(latency) = self.phases.iter().find(|p| p.name == "latency") {
+        // The open-loop phase, at the rate the latency targets are set for.
+        if let Some(phase) = self
+            .phases
+            .iter()
+            .find(|p| p.name == "latency" || p.name == "run")
+        {
             println!(
-                "\nservices during the latency phase (CPU seconds, max RSS while running, peak RSS since start):"
+                "\nprocesses during the {} phase (CPU seconds and per completed order, \
+                 largest RSS of one process while running, peak RSS since start):",
+                phase.name
             );
-            for (name, usage) in &latency.services {
+            for (name, usage) in &phase.services {
                 println!(
-                    "  {name:<21} cpu {:>6.2} s   rss {:>6.1} MiB   peak {:>6.1} MiB",
-                    usage.cpu_seconds, usage.max_rss_mib, usage.peak_rss_mib
+                    "  {name:<21} cpu {:>7.2} s {:>7.0} µs/order   rss {:>6.1} MiB   peak {:>6.1} MiB",
+                    usage.cpu_seconds,
+                    usage.cpu_us_per_order,
+                    usage.max_rss_mib,
+                    usage.peak_rss_mib
                 );
             }
+            let total: f64 = phase.services.values().map(|u| u.cpu_us_per_order).sum();
+            println!("  {:<21} {:>17.0} µs/order", "all of them", total);
         }
         let c = &self.ceilings;
         if c.lowest_orders_per_s > 0.0 {
