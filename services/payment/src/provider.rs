@@ -71,6 +71,9 @@ pub enum Fault {
     Slow(Duration),
     Fail(u32),
     Timeout(u32),
+    /// The first n calls per key panic in the caller's task, as a bug in a
+    /// provider's client would.
+    Panic(u32),
 }
 
 impl Fault {
@@ -84,6 +87,7 @@ impl Fault {
             "slow" => Some(Self::Slow(Duration::from_millis(number.into()))),
             "fail" => Some(Self::Fail(number)),
             "timeout" => Some(Self::Timeout(number)),
+            "panic" => Some(Self::Panic(number)),
             _ => None,
         }
     }
@@ -170,7 +174,7 @@ impl SimulatedProvider {
                 ConfigError::new(
                     "PAYMENT_SIMULATOR_FAULT",
                     &raw,
-                    "expected none, slow:<ms>, fail:<n> or timeout:<n>",
+                    "expected none, slow:<ms>, fail:<n>, timeout:<n> or panic:<n>",
                 )
             })?,
         };
@@ -212,6 +216,9 @@ impl SimulatedProvider {
         if matches!(self.fault, Fault::Fail(n) if calls <= n) {
             return Answer::Fail;
         }
+        if matches!(self.fault, Fault::Panic(n) if calls <= n) {
+            return Answer::Panic;
+        }
         let decision = match &entry.decision {
             Some(first) => first.clone(),
             None => {
@@ -235,6 +242,7 @@ enum Answer {
     Late(Decision, Duration),
     Fail,
     Lost,
+    Panic,
 }
 
 impl PaymentProvider for SimulatedProvider {
@@ -251,6 +259,8 @@ impl PaymentProvider for SimulatedProvider {
             }
             Answer::Fail => Err(ProviderError::Unavailable("simulated failure".into())),
             Answer::Lost => std::future::pending().await,
+            // Outside the ledger's lock, which stays usable.
+            Answer::Panic => panic!("simulated provider client panicked"),
         }
     }
 }
@@ -307,6 +317,7 @@ mod tests {
         );
         assert_eq!(Fault::parse("fail:2"), Some(Fault::Fail(2)));
         assert_eq!(Fault::parse("timeout:1"), Some(Fault::Timeout(1)));
+        assert_eq!(Fault::parse("panic:3"), Some(Fault::Panic(3)));
         for bad in ["", "slow", "slow:", "fail:-1", "timeout:x", "crash:1"] {
             assert_eq!(Fault::parse(bad), None, "{bad:?}");
         }

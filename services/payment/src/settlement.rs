@@ -142,7 +142,7 @@ impl<P: PaymentProvider> Settlement<P> {
         let mut backoff = Backoff::transient();
         let mut look = true;
         let mut ever_read = false;
-        loop {
+        'work: loop {
             if look && in_flight.len() < MAX_IN_FLIGHT {
                 let busy: Vec<Uuid> = in_flight.values().copied().collect();
                 let room = MAX_IN_FLIGHT - in_flight.len();
@@ -210,7 +210,7 @@ impl<P: PaymentProvider> Settlement<P> {
                                     .await
                                     .is_none()
                                 {
-                                    break;
+                                    break 'work;
                                 }
                             }
                         }
@@ -364,7 +364,8 @@ impl<P: PaymentProvider> Settlement<P> {
             )
             .await?;
             let Some(counted) = counted else {
-                tracing::debug!(%order_id, "payment settled meanwhile");
+                // The sweep declines it if it ran out of calls meanwhile.
+                tracing::debug!(%order_id, "payment settled or out of calls meanwhile");
                 return None;
             };
             attempt = counted;

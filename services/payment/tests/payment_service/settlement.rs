@@ -134,6 +134,34 @@ async fn a_provider_that_never_answers_declines_the_order_once() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_provider_call_that_always_panics_declines_the_order_once() {
+    let db = TestDatabase::create().await;
+    let prefix = unique_topic_prefix();
+    let topics = TopicNames::new(prefix.clone());
+    let provider = simulator(Fault::Panic(100));
+    let ledger = provider.ledger.clone();
+    let service = start_with(&db, &prefix, provider, impatient(2)).await;
+    let order_id = Uuid::now_v7();
+    let request = events::process_payment(&order_id.to_string(), "oscar");
+    publish(
+        &topics,
+        PROCESS_PAYMENT,
+        &record(&order_id.to_string(), &request),
+    )
+    .await;
+
+    let (status, reason, calls) = settled(&db, order_id).await;
+    assert_eq!(
+        (status.as_str(), reason.as_deref(), calls),
+        ("DECLINED", Some(UNANSWERED_REASON), 2)
+    );
+    assert_eq!(ledger.calls(order_id), 2, "each panic counts as unanswered");
+    events::wait_until_outbox_drained(&db, SCHEMA).await;
+    assert_eq!(published(&topics, PAYMENT_FAILED).await.len(), 1);
+    service.stop().await.expect("clean shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_payment_pending_at_shutdown_is_settled_once_after_restarts() {
     // More lives cut short than the provider may leave unanswered: our own
     // stops say nothing about the provider, so they never decline.
