@@ -130,26 +130,31 @@ pub struct Usage {
 
 /// Tracks the services, broker and database through a phase.
 pub struct Tracker {
+    /// The processes found at the start, sampled each second; `/proc` is
+    /// scanned again only at the end, for processes started meanwhile.
+    found: BTreeMap<&'static str, Vec<u32>>,
     start: BTreeMap<u32, Reading>,
     max_rss_kib: BTreeMap<&'static str, u64>,
 }
 
 impl Tracker {
     pub fn start() -> Self {
-        let start = find_processes()
-            .into_values()
+        let found = find_processes();
+        let start = found
+            .values()
             .flatten()
-            .filter_map(|pid| Some((pid, read(pid)?)))
+            .filter_map(|pid| Some((*pid, read(*pid)?)))
             .collect();
         Self {
+            found,
             start,
             max_rss_kib: BTreeMap::new(),
         }
     }
 
     pub fn sample(&mut self) {
-        for (group, pids) in find_processes() {
-            for reading in pids.into_iter().filter_map(read) {
+        for (group, pids) in &self.found {
+            for reading in pids.iter().filter_map(|pid| read(*pid)) {
                 let max = self.max_rss_kib.entry(group).or_default();
                 *max = (*max).max(reading.rss_kib);
             }
@@ -158,7 +163,9 @@ impl Tracker {
 
     /// What each group used since `start`, per order of `completed`. A
     /// process that started during the phase counts from zero; one that
-    /// ended during it is missed, except PostgreSQL's backends.
+    /// ended during it is missed, except PostgreSQL's backends, which the
+    /// postmaster's children times count whole (their time before the
+    /// phase included).
     pub fn finish(mut self, completed: u64) -> BTreeMap<String, Usage> {
         self.sample();
         let mut usage = BTreeMap::new();

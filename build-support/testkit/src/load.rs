@@ -1,7 +1,6 @@
 //! Paced order load for the fault tests: it keeps orders flowing for long
 //! enough that faults land while orders are in every stage.
 
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::task::JoinHandle;
@@ -27,28 +26,28 @@ impl PacedLoad {
     /// yields the accepted order ids and panics if a gateway refuses one.
     pub fn spawn(self, gateways: Vec<OrderServiceClient<Channel>>) -> JoinHandle<Vec<Uuid>> {
         assert!(!gateways.is_empty(), "a load needs a gateway");
-        let accepted = Arc::new(Mutex::new(Vec::with_capacity(self.orders)));
         tokio::spawn(async move {
             let clients = (0..self.clients).map(|client| {
                 let mut gateway = gateways[client % gateways.len()].clone();
-                let accepted = Arc::clone(&accepted);
                 async move {
+                    let mut accepted = Vec::new();
                     for i in (client..self.orders).step_by(self.clients) {
                         let order = gateway
                             .create_order((self.request)(i))
                             .await
                             .expect("a gateway accepts")
                             .into_inner();
-                        accepted
-                            .lock()
-                            .expect("lock")
-                            .push(Uuid::parse_str(&order.order_id).expect("uuid"));
+                        accepted.push(Uuid::parse_str(&order.order_id).expect("uuid"));
                         tokio::time::sleep(self.pause).await;
                     }
+                    accepted
                 }
             });
-            futures::future::join_all(clients).await;
-            std::mem::take(&mut *accepted.lock().expect("lock"))
+            futures::future::join_all(clients)
+                .await
+                .into_iter()
+                .flatten()
+                .collect()
         })
     }
 }

@@ -45,16 +45,17 @@ pub fn init(format: LogFormat) {
 /// returned to us, and we log the ones that matter, so those lines are
 /// silenced unless `rust_log` names rskafka itself.
 fn log_filter(rust_log: Option<&str>) -> EnvFilter {
-    let rust_log = rust_log.map(str::trim).filter(|levels| !levels.is_empty());
-    let filter = EnvFilter::new(rust_log.unwrap_or("info,rskafka=warn"));
-    if rust_log.is_some_and(|levels| levels.contains("rskafka")) {
-        return filter;
-    }
-    filter.add_directive(
+    let silenced = || {
         "rskafka::client::controller=off"
             .parse()
-            .expect("a valid directive"),
-    )
+            .expect("a valid directive")
+    };
+    // An unreadable RUST_LOG falls back to the default, as it always did.
+    match rust_log.and_then(|levels| Some((levels, EnvFilter::try_new(levels).ok()?))) {
+        Some((levels, filter)) if levels.contains("rskafka") => filter,
+        Some((_, filter)) => filter.add_directive(silenced()),
+        None => EnvFilter::new("info,rskafka=warn").add_directive(silenced()),
+    }
 }
 
 #[cfg(test)]
