@@ -6,13 +6,17 @@ COPY . .
 RUN cargo build --release --bins \
  && mkdir /out \
  && cp target/release/gateway target/release/order-service target/release/payment-service \
-       target/release/notification-service target/release/oms-health-probe /out/
+       target/release/notification-service target/release/oms-health-probe \
+       target/release/oms-devkeys /out/
 
 FROM debian:bookworm-slim
+# /auth belongs to oms: a named volume mounted there starts with that
+# ownership, so docker-compose's auth-keys service can write its keys.
 RUN apt-get update \
  && apt-get install -y --no-install-recommends ca-certificates \
  && rm -rf /var/lib/apt/lists/* \
- && useradd --system --uid 10001 oms
+ && useradd --system --uid 10001 oms \
+ && mkdir /auth && chown oms /auth
 COPY --from=build /out/ /usr/local/bin/
 USER oms
 ENV LOG_FORMAT=json RUST_LOG=info

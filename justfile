@@ -18,6 +18,13 @@ REPLICAS := env_var_or_default("REPLICAS", "1")
 run:
     REPLICAS={{REPLICAS}} {{scripts}}/run.sh
 
+# Prints a development token for CUSTOMER, signed with the key `just run`
+# trusts (made in .dev/auth on first use): `just token alice`, or
+# `just token ops "orders:read orders:admin"`. Use it with grpcurl:
+# -H "authorization: Bearer $(just token alice)".
+token customer scopes="orders:read orders:write":
+    @cargo run -q -p oms-devkeys -- token .dev/auth {{quote(customer)}} {{quote(scopes)}}
+
 # Runs the whole test suite against a real broker and PostgreSQL, starting
 # them if needed. Extra arguments go to `cargo test`.
 test *args: infra

@@ -56,6 +56,16 @@ export KAFKA_TOPIC_PREFIX="bench-$run_id-"
 # KAFKA_TOPIC_PARTITIONS or KAFKA_FETCH_MAX_IDLE_PAUSE_MS in the environment
 # to measure other settings.
 export RUST_LOG="${RUST_LOG:-warn}"
+# The services check tokens, as they do by default, and each of the load's
+# customers sends its own. BENCH_AUTH_MODE=disabled measures without.
+export AUTH_MODE="${BENCH_AUTH_MODE:-jwt}"
+token_args=()
+if [[ "$AUTH_MODE" == jwt ]]; then
+  AUTH_JWKS_FILE="$("$ROOT/target/release/oms-devkeys" init "$ROOT/target/bench/auth")"
+  export AUTH_JWKS_FILE AUTH_ISSUER=oms-dev AUTH_AUDIENCE=oms
+  token_args=(--token-key-dir "$ROOT/target/bench/auth")
+fi
+log "AUTH_MODE=$AUTH_MODE"
 # Below Linux's ephemeral range (32768-60999), where an outgoing
 # connection can hold a port just when a service wants to listen on it.
 # Instance i of a service listens on its port + 10 * i.
@@ -106,7 +116,8 @@ if [[ "${BENCH_WITHOUT_ORDER_NOTIFY:-0}" == 1 ]]; then
   log "the orders NOTIFY trigger is disabled for this run (WatchOrder will not see changes)"
 fi
 
-target=(--gateway "http://$GATEWAY_GRPC_ADDR" --database-url "$DATABASE_URL" --brokers "$KAFKA_BROKERS")
+target=(--gateway "http://$GATEWAY_GRPC_ADDR" --database-url "$DATABASE_URL" --brokers "$KAFKA_BROKERS"
+        "${token_args[@]+"${token_args[@]}"}")
 loadgen="$ROOT/target/release/oms-loadgen"
 case "$mode" in
   full) "$loadgen" bench "${target[@]}" "$@" ;;

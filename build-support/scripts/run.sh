@@ -25,6 +25,16 @@ profile="${PROFILE:-debug}"
 log "building the services ($profile)"
 if [[ "$profile" == release ]]; then cargo build --release --bins; else cargo build --bins; fi
 
+# Authentication on, as in production: tokens are checked against a
+# development key pair made on first use in .dev/auth; `just token alice`
+# prints one. AUTH_MODE=disabled just run turns it off (and every service
+# warns about it).
+export AUTH_MODE="${AUTH_MODE:-jwt}"
+if [[ "$AUTH_MODE" == jwt && -z "${AUTH_JWKS_FILE:-}" ]]; then
+  AUTH_JWKS_FILE="$("$ROOT/target/$profile/oms-devkeys" init "$ROOT/.dev/auth")"
+  export AUTH_JWKS_FILE AUTH_ISSUER=oms-dev AUTH_AUDIENCE=oms
+fi
+
 pids=()
 cleanup() {
   trap - INT TERM EXIT

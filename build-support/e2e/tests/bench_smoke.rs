@@ -1,7 +1,8 @@
 //! A few seconds of the benchmark against the real processes, so `just
 //! bench` keeps working: both load modes, the drain and exactly-once audit,
 //! end-to-end latency from the system's timestamps, the ceilings, and a
-//! JSON report with every key the benchmark promises.
+//! JSON report with every key the benchmark promises. The services check
+//! tokens, as they do by default, so the load's token is exercised too.
 
 use std::time::Duration;
 
@@ -9,19 +10,23 @@ use oms_loadgen::bench::{measure_ceilings, run_phase};
 use oms_loadgen::cli::{CeilingSettings, Target};
 use oms_loadgen::driver::{self, Load, Stop};
 use oms_loadgen::report::{Machine, Report};
+use oms_testkit::auth::TestKeys;
 use oms_testkit::system::{GATEWAY, System};
-use oms_testkit::{TestDatabase, kafka};
+use oms_testkit::{TestDatabase, kafka, unique_topic_prefix};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_short_benchmark_run_audits_clean_and_reports_every_key() {
     let db = TestDatabase::create().await;
-    let system = System::start_on_test_broker(&db).await;
+    let keys = TestKeys::create();
+    let brokers = kafka::brokers().join(",");
+    let system = System::start(&db, &brokers, &unique_topic_prefix(), &keys.env()).await;
     let out = std::env::temp_dir().join(format!("bench-smoke-{}.json", system.prefix));
     let target = Target {
         gateway: format!("http://{}", system.addr(GATEWAY)),
         database_url: db.url.expose().to_owned(),
         brokers: kafka::brokers().join(","),
         topic_prefix: Some(system.prefix.clone()),
+        token_key_dir: Some(keys.dir.clone()),
         connections: 2,
         drain_timeout: 60.0,
         out: out.clone(),

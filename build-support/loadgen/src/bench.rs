@@ -9,6 +9,8 @@ use uuid::Uuid;
 
 use oms_api::orders::v1::order_service_client::OrderServiceClient;
 
+use oms_devkeys::DevKeys;
+
 use crate::audit;
 use crate::ceilings::{self, Ceilings};
 use crate::cli::{BenchArgs, CeilingArgs, CeilingSettings, RunArgs, Target};
@@ -66,7 +68,12 @@ pub async fn run_phase(
         }
     });
 
-    let sent = driver::drive(clients, &run, load, stop, Arc::clone(&progress)).await;
+    let signing_key = match &target.token_key_dir {
+        Some(dir) => Some(DevKeys::new(dir).load_or_create()?),
+        None => None,
+    };
+    let orders = Arc::new(driver::Orders::new(&run, signing_key.as_ref())?);
+    let sent = driver::drive(clients, orders, load, stop, Arc::clone(&progress)).await;
     let mut conn = audit::connect(&target.database_url).await?;
     let drain = audit::wait_for_drain(
         &mut conn,

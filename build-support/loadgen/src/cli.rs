@@ -42,6 +42,11 @@ pub struct Target {
     /// default `KAFKA_TOPIC_PREFIX`, as the services read it.
     #[arg(long)]
     pub topic_prefix: Option<String>,
+    /// When the services check tokens (`AUTH_MODE=jwt`): the directory of
+    /// the development key they trust (`oms-devkeys init DIR`). Each
+    /// customer's orders then carry a token of that customer's own.
+    #[arg(long)]
+    pub token_key_dir: Option<PathBuf>,
     /// gRPC connections to spread the load over.
     #[arg(long, default_value_t = 4)]
     pub connections: usize,

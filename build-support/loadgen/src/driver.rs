@@ -15,12 +15,14 @@ use std::time::Duration;
 use hdrhistogram::Histogram;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
+use tonic::metadata::AsciiMetadataValue;
 use tonic::transport::{Channel, Endpoint};
 use uuid::Uuid;
 
 use oms_api::google::r#type::Money;
 use oms_api::orders::v1::CreateOrderRequest;
 use oms_api::orders::v1::order_service_client::OrderServiceClient;
+use oms_devkeys::SigningKey;
 
 /// How load is offered.
 #[derive(Debug, Clone, Copy)]
@@ -100,11 +102,55 @@ pub async fn connect(
     Ok(channels.into_iter().map(OrderServiceClient::new).collect())
 }
 
+/// Customers a run's orders are spread over.
+const CUSTOMERS: u64 = 1000;
+
+/// A run's orders, each sent with its customer's own token when the
+/// services check tokens: as many customers calling at once, which is what
+/// per-customer rate limits and token checks see in production.
+pub struct Orders {
+    run: String,
+    /// `authorization` values by customer number; empty without tokens.
+    credentials: Vec<AsciiMetadataValue>,
+}
+
+impl Orders {
+    /// `signing_key` signs one token per customer; `None` sends none.
+    pub fn new(run: &str, signing_key: Option<&SigningKey>) -> anyhow::Result<Self> {
+        let mut credentials = Vec::new();
+        if let Some(key) = signing_key {
+            for customer in 0..CUSTOMERS {
+                let token = key.token(&customer_id(run, customer), "orders:write", 86_400)?;
+                credentials.push(format!("Bearer {token}").parse()?);
+            }
+        }
+        Ok(Self {
+            run: run.to_owned(),
+            credentials,
+        })
+    }
+
+    /// The `i`-th order as a call.
+    pub fn request(&self, i: u64) -> tonic::Request<CreateOrderRequest> {
+        let mut request = tonic::Request::new(order_request(&self.run, i));
+        if let Some(credentials) = self.credentials.get((i % CUSTOMERS) as usize) {
+            request
+                .metadata_mut()
+                .insert("authorization", credentials.clone());
+        }
+        request
+    }
+}
+
+fn customer_id(run: &str, customer: u64) -> String {
+    format!("bench-{run}-{customer}")
+}
+
 /// The `i`-th order of a run: spread over customers and products, always
 /// below the simulator's decline limit, so every order should be paid.
 pub fn order_request(run: &str, i: u64) -> CreateOrderRequest {
     CreateOrderRequest {
-        customer_id: format!("bench-{run}-{}", i % 1000),
+        customer_id: customer_id(run, i % CUSTOMERS),
         product_id: format!("sku-{}", i % 100),
         quantity: 1 + (i % 5) as i32,
         amount: Some(Money {
@@ -124,7 +170,7 @@ enum Outcome {
 /// Sends orders until `stop`, and returns what was accepted.
 pub async fn drive(
     clients: &[OrderServiceClient<Channel>],
-    run: &str,
+    orders: Arc<Orders>,
     load: Load,
     stop: Stop,
     progress: Arc<Progress>,
@@ -154,13 +200,13 @@ pub async fn drive(
     let start = Instant::now();
     let counter = Arc::new(AtomicU64::new(0));
     match load {
-        Load::Open { rate } => open_loop(clients, run, rate, stop, start, &progress, &tx).await,
+        Load::Open { rate } => open_loop(clients, &orders, rate, stop, start, &progress, &tx).await,
         Load::Closed { concurrency } => {
             let workers = (0..concurrency.max(1)).map(|worker| {
                 let client = clients[worker % clients.len()].clone();
                 let (tx, progress, counter) =
                     (tx.clone(), Arc::clone(&progress), Arc::clone(&counter));
-                let run = run.to_owned();
+                let orders = Arc::clone(&orders);
                 tokio::spawn(async move {
                     loop {
                         let i = counter.fetch_add(1, Ordering::Relaxed);
@@ -169,7 +215,7 @@ pub async fn drive(
                         }
                         progress.sent.fetch_add(1, Ordering::Relaxed);
                         let sent_at = Instant::now();
-                        let outcome = send(client.clone(), order_request(&run, i), sent_at).await;
+                        let outcome = send(client.clone(), orders.request(i), sent_at).await;
                         let _ = tx.send(outcome);
                     }
                 })
@@ -192,7 +238,7 @@ fn is_done(stop: Stop, start: Instant, sent: u64) -> bool {
 
 async fn open_loop(
     clients: &[OrderServiceClient<Channel>],
-    run: &str,
+    orders: &Orders,
     rate: f64,
     stop: Stop,
     start: Instant,
@@ -220,7 +266,7 @@ async fn open_loop(
                 in_flight.fetch_add(1, Ordering::Relaxed);
                 let client = clients[i as usize % clients.len()].clone();
                 let (tx, in_flight) = (tx.clone(), Arc::clone(&in_flight));
-                let (request, sent_for) = (order_request(run, i), intended(i));
+                let (request, sent_for) = (orders.request(i), intended(i));
                 tasks.spawn(async move {
                     let _ = tx.send(send(client, request, sent_for).await);
                     in_flight.fetch_sub(1, Ordering::Relaxed);
@@ -236,7 +282,7 @@ async fn open_loop(
 
 async fn send(
     mut client: OrderServiceClient<Channel>,
-    request: CreateOrderRequest,
+    request: tonic::Request<CreateOrderRequest>,
     measured_from: Instant,
 ) -> Outcome {
     match client.create_order(request).await {

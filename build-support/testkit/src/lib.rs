@@ -6,6 +6,7 @@
 //! nothing is skipped silently.
 
 pub mod audit;
+pub mod auth;
 pub mod broker;
 pub mod cluster;
 pub mod database;

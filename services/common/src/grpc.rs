@@ -10,6 +10,8 @@ use tonic::service::Routes;
 use tonic::transport::server::TcpIncoming;
 use tonic_health::server::HealthReporter;
 
+use crate::auth::Authenticator;
+
 /// The largest request message the servers decode. Our requests are a few
 /// hundred bytes; anything near this is abuse.
 pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
@@ -67,10 +69,11 @@ pub fn health_and_reflection_routes(served: &[&str]) -> (HealthReporter, Routes)
 }
 
 /// Serves `routes` on `listener` until `stop` is cancelled, then lets
-/// in-flight calls finish.
+/// in-flight calls finish. Every call passes `auth` first.
 pub async fn serve(
     listener: TcpListener,
     routes: Routes,
+    auth: Authenticator,
     stop: CancellationToken,
 ) -> Result<(), tonic::transport::Error> {
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
@@ -78,6 +81,7 @@ pub async fn serve(
         .timeout(SERVER_TIMEOUT)
         .concurrency_limit_per_connection(MAX_CONCURRENT_REQUESTS_PER_CONNECTION)
         .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
+        .layer(auth.layer())
         .add_routes(routes)
         .serve_with_incoming_shutdown(incoming, stop.cancelled_owned())
         .await

@@ -3,6 +3,7 @@
 //! that keeps offsets in PostgreSQL, the outbox relay, health reporting, the
 //! gRPC server scaffolding and shutdown.
 
+pub mod auth;
 pub mod batching;
 pub mod config;
 pub mod consumer;

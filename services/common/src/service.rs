@@ -16,6 +16,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tonic::service::Routes;
 
+use crate::auth::{AuthConfig, Authenticator};
 use crate::config::{ConfigError, DatabaseConfig, KafkaConfig, listen_addr};
 use crate::consumer::{Consumer, ConsumerStats, EventHandler, FetchSettings};
 use crate::db::{self, DbPool};
@@ -34,6 +35,7 @@ pub struct ServiceConfig {
     pub kafka: KafkaConfig,
     pub membership: MembershipConfig,
     pub shutdown_grace: Duration,
+    pub auth: AuthConfig,
 }
 
 impl ServiceConfig {
@@ -50,6 +52,7 @@ impl ServiceConfig {
             kafka: KafkaConfig::from_env()?,
             membership: MembershipConfig::from_env()?,
             shutdown_grace: shutdown::grace_period()?,
+            auth: AuthConfig::from_env()?,
         })
     }
 }
@@ -98,11 +101,15 @@ impl<H: EventHandler> EventService<H> {
     ) -> anyhow::Result<()> {
         let mut health_names = vec![self.name];
         health_names.extend(&self.grpc_services);
+        // Before serving anything: a key set that cannot be read stops the
+        // service rather than leaving it open.
+        let auth = Authenticator::from_config(&config.auth)?;
         let (readiness, routes) = Readiness::new(&health_names).await;
         let server_stop = CancellationToken::new();
         let server = tokio::spawn(grpc::serve(
             listener,
             add_routes(routes),
+            auth,
             server_stop.clone(),
         ));
 

@@ -1,5 +1,6 @@
 //! The gateway's errors and their one mapping to gRPC status codes.
 
+use oms_common::auth::AccessDenied;
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, FieldViolation, StatusExt};
 
@@ -28,6 +29,10 @@ pub enum GatewayError {
     DeadlineExceeded(String),
     #[error("the gateway is shutting down; watch again")]
     ShuttingDown,
+    #[error(transparent)]
+    Denied(#[from] AccessDenied),
+    #[error("the order service refused the caller: {}", .0.message())]
+    Refused(Status),
     #[error("unexpected answer from the order service: {0}")]
     Internal(String),
 }
@@ -50,6 +55,8 @@ impl From<GatewayError> for Status {
             ),
             GatewayError::RequestIdReused(_) => Status::already_exists(err.to_string()),
             GatewayError::NotFound(_) => Status::not_found(err.to_string()),
+            GatewayError::Denied(_) => Status::permission_denied(err.to_string()),
+            GatewayError::Refused(status) => status,
             GatewayError::DeadlineExceeded(_) => Status::deadline_exceeded(err.to_string()),
             GatewayError::ShuttingDown => Status::unavailable(err.to_string()),
             // Never published, and a retry cannot fit either: gRPC's own

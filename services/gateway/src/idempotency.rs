@@ -20,6 +20,7 @@ use uuid::Uuid;
 
 use oms_api::orders::internal::v1::{ClaimOutcome, ClaimRequestKeyRequest};
 use oms_api::orders::v1::Order;
+use oms_common::auth::Caller;
 
 use crate::error::GatewayError;
 use crate::service::upstream_error;
@@ -79,6 +80,7 @@ pub fn fingerprint(order: &ValidOrder) -> Uuid {
 /// and `None` when the order is to be published.
 pub async fn claim_key(
     orders: &OrderService,
+    caller: &Caller,
     order_id: Uuid,
     order: &ValidOrder,
     request_id: &str,
@@ -90,7 +92,7 @@ pub async fn claim_key(
     // A claim is idempotent: made again, it finds the key it bound.
     let response = orders
         .call(|mut client| {
-            let claim = claim.clone();
+            let claim = caller.forward(claim.clone());
             async move { client.claim_request_key(claim).await }
         })
         .await

@@ -18,6 +18,7 @@ use oms_api::orders::v1::{
     CreateOrderRequest, GetOrderRequest, ListOrdersRequest, ListOrdersResponse, Order, OrderStatus,
     WatchOrderRequest,
 };
+use oms_common::auth::{AccessDenied, Caller};
 use oms_common::batching::{BatchingProducer, ProduceError};
 use oms_common::grpc::{SERVER_TIMEOUT, timeout_of};
 use oms_common::kafka::KeyedRecord;
@@ -49,16 +50,22 @@ pub struct Gateway {
 impl Gateway {
     async fn create_order(
         &self,
+        caller: &Caller,
         request: CreateOrderRequest,
         deadline: Instant,
     ) -> Result<Order, GatewayError> {
         let order = validate_create_order(request).map_err(GatewayError::InvalidArgument)?;
+        if !caller.may_access(&order.customer_id) {
+            return Err(AccessDenied(order.customer_id).into());
+        }
+        // Derived from the customer and its key, so a caller's key can only
+        // ever name the caller's own order.
         let order_id = idempotency::order_id_for(&order);
         if let Some(request_id) = &order.request_id {
             // The claim comes first, and a failed one refuses the call: two
             // calls with one key and different contents published unclaimed
             // would both be answered OK while only one is recorded.
-            let claim = idempotency::claim_key(&self.orders, order_id, &order, request_id);
+            let claim = idempotency::claim_key(&self.orders, caller, order_id, &order, request_id);
             if let Some(recorded) = claim.await? {
                 tracing::info!(%order_id, "retried request answered with the recorded order");
                 return Ok(recorded);
@@ -127,15 +134,21 @@ impl Gateway {
             })
     }
 
-    /// Asks the order service for an order; `None` when it is not recorded.
-    async fn find_order(&self, order_id: &str) -> Result<Option<Order>, GatewayError> {
+    /// Asks the order service for an order; `None` when it is not recorded
+    /// or not the caller's to see. The order service checks the caller's
+    /// token itself; the check here is a second line.
+    async fn find_order(
+        &self,
+        caller: &Caller,
+        order_id: &str,
+    ) -> Result<Option<Order>, GatewayError> {
         let request = InternalGetOrderRequest {
             order_id: order_id.to_owned(),
         };
         let response = self
             .orders
             .call(|mut client| {
-                let request = request.clone();
+                let request = caller.forward(request.clone());
                 async move { client.get_order(request).await }
             })
             .await;
@@ -143,7 +156,7 @@ impl Gateway {
             Ok(response) => response
                 .into_inner()
                 .order
-                .map(Some)
+                .map(|order| Some(order).filter(|o| caller.may_access(&o.customer_id)))
                 .ok_or_else(|| GatewayError::Internal("response without an order".into())),
             Err(status) if status.code() == Code::NotFound => Ok(None),
             Err(status) if status.code() == Code::InvalidArgument => {
@@ -156,27 +169,37 @@ impl Gateway {
         }
     }
 
-    async fn get_order(&self, request: GetOrderRequest) -> Result<Order, GatewayError> {
+    async fn get_order(
+        &self,
+        caller: &Caller,
+        request: GetOrderRequest,
+    ) -> Result<Order, GatewayError> {
         if Uuid::parse_str(&request.order_id).is_err() {
             return Err(GatewayError::InvalidArgument(vec![FieldViolation::new(
                 "order_id",
                 "must be a UUID",
             )]));
         }
-        self.find_order(&request.order_id)
+        self.find_order(caller, &request.order_id)
             .await?
             .ok_or(GatewayError::NotFound(request.order_id))
     }
 
+    /// A customer's own orders unless it asks, as an admin, for another's
+    /// or everyone's.
     async fn list_orders(
         &self,
-        request: ListOrdersRequest,
+        caller: &Caller,
+        mut request: ListOrdersRequest,
     ) -> Result<ListOrdersResponse, GatewayError> {
         validate_list_orders(&request).map_err(GatewayError::InvalidArgument)?;
+        request.customer_id = caller
+            .customer_filter(&request.customer_id)?
+            .unwrap_or_default();
         let response = self
             .orders
             .call(|mut client| {
-                let request = request.clone();
+                let request = caller.forward(request.clone());
                 async move { client.list_orders(request).await }
             })
             .await;
@@ -198,6 +221,9 @@ impl Gateway {
 /// bugs stay INTERNAL; anything else means it cannot be reached or used now.
 pub(crate) fn upstream_error(status: Status) -> GatewayError {
     match status.code() {
+        // It checked the caller's token itself and refused it: the caller's
+        // answer, not an outage.
+        Code::Unauthenticated | Code::PermissionDenied => GatewayError::Refused(status),
         Code::Internal | Code::Unknown | Code::DataLoss => {
             GatewayError::Internal(status.message().to_owned())
         }
@@ -218,7 +244,8 @@ impl OrderService for Gateway {
         request: Request<WatchOrderRequest>,
     ) -> Result<Response<OrderStream>, Status> {
         let timeout = timeout_of(&request);
-        let stream = Gateway::watch_order(self, request.into_inner(), timeout).await?;
+        let caller = Caller::of(&request)?;
+        let stream = Gateway::watch_order(self, caller, request.into_inner(), timeout).await?;
         Ok(Response::new(stream))
     }
 
@@ -230,8 +257,9 @@ impl OrderService for Gateway {
         // timeout, whichever comes first; past that nobody hears the answer.
         let timeout = timeout_of(&request).map_or(SERVER_TIMEOUT, |t| t.min(SERVER_TIMEOUT));
         let deadline = Instant::now() + timeout;
+        let caller = Caller::of(&request)?;
         Ok(Response::new(
-            Gateway::create_order(self, request.into_inner(), deadline).await?,
+            Gateway::create_order(self, &caller, request.into_inner(), deadline).await?,
         ))
     }
 
@@ -239,8 +267,9 @@ impl OrderService for Gateway {
         &self,
         request: Request<GetOrderRequest>,
     ) -> Result<Response<Order>, Status> {
+        let caller = Caller::of(&request)?;
         Ok(Response::new(
-            Gateway::get_order(self, request.into_inner()).await?,
+            Gateway::get_order(self, &caller, request.into_inner()).await?,
         ))
     }
 
@@ -248,8 +277,9 @@ impl OrderService for Gateway {
         &self,
         request: Request<ListOrdersRequest>,
     ) -> Result<Response<ListOrdersResponse>, Status> {
+        let caller = Caller::of(&request)?;
         Ok(Response::new(
-            Gateway::list_orders(self, request.into_inner()).await?,
+            Gateway::list_orders(self, &caller, request.into_inner()).await?,
         ))
     }
 }

@@ -10,6 +10,7 @@ use tokio::sync::OnceCell;
 use tokio_util::sync::CancellationToken;
 
 use oms_api::orders::v1::order_service_server::OrderServiceServer;
+use oms_common::auth::{AuthConfig, Authenticator};
 use oms_common::batching::BatchingProducer;
 use oms_common::config::{ConfigError, KafkaConfig, listen_addr, var};
 use oms_common::grpc::{self, MAX_REQUEST_BYTES};
@@ -39,6 +40,7 @@ pub struct GatewayConfig {
     /// The least time between two produce requests of a partition; records
     /// arriving sooner share the next request.
     pub produce_linger: Duration,
+    pub auth: AuthConfig,
 }
 
 impl GatewayConfig {
@@ -62,6 +64,7 @@ impl GatewayConfig {
                 2_000,
                 0..=100_000,
             )?),
+            auth: AuthConfig::from_env()?,
         })
     }
 }
@@ -103,12 +106,20 @@ impl Application {
             shutdown: shutdown.clone(),
         };
 
+        // Before serving anything: a key set that cannot be read stops the
+        // gateway rather than leaving it open.
+        let auth = Authenticator::from_config(&config.auth)?;
         let (readiness, routes) = Readiness::new(&[SERVICE_NAME, "orders.v1.OrderService"]).await;
         let routes = routes.add_service(
             OrderServiceServer::new(gateway).max_decoding_message_size(MAX_REQUEST_BYTES),
         );
         let server_stop = CancellationToken::new();
-        let server = tokio::spawn(grpc::serve(self.listener, routes, server_stop.clone()));
+        let server = tokio::spawn(grpc::serve(
+            self.listener,
+            routes,
+            auth,
+            server_stop.clone(),
+        ));
 
         let connect = || async {
             let client = kafka::connect(&config.kafka, SERVICE_NAME).await?;

@@ -11,11 +11,12 @@ use std::time::Duration;
 use futures::{Stream, StreamExt};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tonic::{Code, Request, Status, Streaming};
+use tonic::{Code, Status, Streaming};
 use tonic_types::FieldViolation;
 use uuid::Uuid;
 
 use oms_api::orders::v1::{Order, WatchOrderRequest};
+use oms_common::auth::Caller;
 
 use crate::error::GatewayError;
 use crate::service::{Gateway, upstream_error};
@@ -24,8 +25,11 @@ use crate::upstream::{OrderService as OrderServiceInstances, is_unreachable};
 pub type OrderStream = Pin<Box<dyn Stream<Item = Result<Order, Status>> + Send>>;
 
 impl Gateway {
+    /// The order service decides whether the caller may see the order: it
+    /// checks the caller's own token, passed on with the watch.
     pub(crate) async fn watch_order(
         &self,
+        caller: Caller,
         request: WatchOrderRequest,
         timeout: Option<Duration>,
     ) -> Result<OrderStream, GatewayError> {
@@ -36,11 +40,12 @@ impl Gateway {
             )]));
         }
         let deadline = timeout.map(|timeout| Instant::now() + timeout);
-        let (changes, serving) = subscribe(&self.orders, &request, deadline)
+        let (changes, serving) = subscribe(&self.orders, &caller, &request, deadline)
             .await
             .map_err(|status| watch_error(&request.order_id, status))?;
         Ok(forward(Watch {
             orders: Arc::clone(&self.orders),
+            caller,
             request,
             deadline,
             changes,
@@ -59,6 +64,7 @@ const MAX_RESUBSCRIBES: u32 = 5;
 /// One caller's watch, as forwarded to some order-service instance.
 struct Watch {
     orders: Arc<OrderServiceInstances>,
+    caller: Caller,
     request: WatchOrderRequest,
     deadline: Option<Instant>,
     changes: Streaming<Order>,
@@ -75,12 +81,13 @@ struct Watch {
 /// caller's deadline.
 async fn subscribe(
     orders: &OrderServiceInstances,
+    caller: &Caller,
     request: &WatchOrderRequest,
     deadline: Option<Instant>,
 ) -> Result<(Streaming<Order>, SocketAddr), Status> {
     orders
         .call_on(|mut client| {
-            let mut forwarded = Request::new(request.clone());
+            let mut forwarded = caller.forward(request.clone());
             if let Some(deadline) = deadline {
                 forwarded.set_timeout(deadline.saturating_duration_since(Instant::now()));
             }
@@ -121,7 +128,7 @@ fn forward(watch: Watch) -> OrderStream {
             // Stopping or gone: not the place to watch again.
             watch.orders.avoid(watch.serving);
             watch.resubscribed += 1;
-            match subscribe(&watch.orders, &watch.request, watch.deadline).await {
+            match subscribe(&watch.orders, &watch.caller, &watch.request, watch.deadline).await {
                 Ok((changes, serving)) => (watch.changes, watch.serving) = (changes, serving),
                 Err(status) => return Some((Err(watch_error(&order_id, status).into()), None)),
             }

@@ -207,6 +207,8 @@ async fn a_publish_timeout_longer_than_the_servers_own_is_refused_at_start_up() 
             too_long.as_millis().to_string(),
         )
         .env("GATEWAY_GRPC_ADDR", "127.0.0.1:0")
+        .env("AUTH_MODE", "disabled")
+        .env("RATE_LIMIT_WRITES_PER_SECOND", "0")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())

@@ -1,6 +1,7 @@
 //! The notification service's read errors and their one mapping to gRPC
 //! codes.
 
+use oms_common::auth::AccessDenied;
 use oms_common::db::DbError;
 use oms_common::grpc::database_error_status;
 use tonic::Status;
@@ -18,6 +19,8 @@ pub enum NotificationError {
     #[error("page_token is not a token this service issued")]
     InvalidPageToken,
     #[error(transparent)]
+    Denied(#[from] AccessDenied),
+    #[error(transparent)]
     Database(#[from] DbError),
 }
 
@@ -31,6 +34,7 @@ impl From<NotificationError> for Status {
     fn from(err: NotificationError) -> Self {
         match &err {
             NotificationError::Database(err) => database_error_status(err),
+            NotificationError::Denied(_) => Status::permission_denied(err.to_string()),
             _ => Status::invalid_argument(err.to_string()),
         }
     }

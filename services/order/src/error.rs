@@ -1,5 +1,6 @@
 //! The order service's errors and their one mapping to gRPC status codes.
 
+use oms_common::auth::AccessDenied;
 use oms_common::db::DbError;
 use oms_common::grpc::database_error_status;
 use tonic::Status;
@@ -23,6 +24,8 @@ pub enum OrderError {
     #[error("the order service is shutting down; watch again")]
     ShuttingDown,
     #[error(transparent)]
+    Denied(#[from] AccessDenied),
+    #[error(transparent)]
     Database(#[from] DbError),
 }
 
@@ -42,6 +45,7 @@ impl From<OrderError> for Status {
             OrderError::NotFound(_) => Status::not_found(err.to_string()),
             OrderError::DeadlineExceeded(_) => Status::deadline_exceeded(err.to_string()),
             OrderError::ShuttingDown => Status::unavailable(err.to_string()),
+            OrderError::Denied(_) => Status::permission_denied(err.to_string()),
             OrderError::Database(err) => database_error_status(err),
         }
     }

@@ -13,6 +13,7 @@ use tonic::Status;
 use uuid::Uuid;
 
 use oms_api::orders::v1::Order;
+use oms_common::auth::Caller;
 
 use crate::error::OrderError;
 use crate::watch::Subscription;
@@ -28,6 +29,9 @@ pub struct OrderWatch {
     /// When the caller's deadline passes, if it set one.
     pub deadline: Option<Instant>,
     pub shutdown: CancellationToken,
+    /// Who may see the order: for anyone else it stays unrecorded, and the
+    /// watch ends NOT_FOUND just as for an order that does not exist.
+    viewer: Caller,
     /// When to stop waiting for an order that is not recorded.
     unrecorded_until: Instant,
     /// The version of the last message sent; 0 before the first.
@@ -39,6 +43,7 @@ impl OrderWatch {
     pub fn new(
         order_id: Uuid,
         subscription: Subscription,
+        viewer: Caller,
         timeout: Option<Duration>,
         shutdown: CancellationToken,
     ) -> Self {
@@ -47,6 +52,7 @@ impl OrderWatch {
             subscription,
             deadline: timeout.map(|timeout| Instant::now() + timeout),
             shutdown,
+            viewer,
             unrecorded_until: Instant::now() + UNRECORDED_WAIT,
             sent_version: 0,
             finished: false,
@@ -68,7 +74,10 @@ impl OrderWatch {
         let unrecorded_until = self.unrecorded_until;
         loop {
             let latest = self.subscription.latest().borrow_and_update().clone();
-            if let Some(snapshot) = latest.filter(|s| s.version > self.sent_version) {
+            let visible = latest.filter(|s| {
+                s.version > self.sent_version && self.viewer.may_access(&s.order.customer_id)
+            });
+            if let Some(snapshot) = visible {
                 self.sent_version = snapshot.version;
                 self.finished = snapshot.is_terminal;
                 return Ok(snapshot.order.clone());

@@ -13,6 +13,7 @@ use oms_api::orders::internal::v1::{
     GetOrderResponse,
 };
 use oms_api::orders::v1::{ListOrdersRequest, ListOrdersResponse, WatchOrderRequest};
+use oms_common::auth::Caller;
 use oms_common::db::{DbError, DbPool};
 use oms_common::grpc::timeout_of;
 use oms_common::pagination;
@@ -36,27 +37,36 @@ fn parse_order_id(raw_id: &str) -> Result<Uuid> {
 }
 
 impl OrderQueries {
-    async fn get_order(&self, raw_id: &str) -> Result<GetOrderResponse> {
+    /// Another customer's order is NOT_FOUND, exactly as an order that does
+    /// not exist, so its existence does not leak.
+    async fn get_order(&self, caller: &Caller, raw_id: &str) -> Result<GetOrderResponse> {
         let order_id = parse_order_id(raw_id)?;
         let mut conn = self.pool.get().await.map_err(DbError::from)?;
         let order = repository::find(&mut conn, order_id)
             .await?
+            .filter(|row| caller.may_access(&row.customer_id))
             .ok_or(OrderError::NotFound(order_id))?;
         Ok(GetOrderResponse {
             order: Some(order.into_proto()),
         })
     }
 
-    async fn list_orders(&self, request: &ListOrdersRequest) -> Result<ListOrdersResponse> {
+    /// A customer lists its own orders; another's, or everyone's, need an
+    /// admin.
+    async fn list_orders(
+        &self,
+        caller: &Caller,
+        request: &ListOrdersRequest,
+    ) -> Result<ListOrdersResponse> {
         let limit = pagination::page_size(request.page_size).ok_or(OrderError::InvalidPageSize)?;
         let after = match request.page_token.as_str() {
             "" => None,
             token => Some(Position::from_token(token).ok_or(OrderError::InvalidPageToken)?),
         };
-        let customer_id = Some(request.customer_id.as_str()).filter(|id| !id.is_empty());
+        let customer_id = caller.customer_filter(&request.customer_id)?;
         let mut conn = self.pool.get().await.map_err(DbError::from)?;
         // One more than asked tells whether another page follows.
-        let rows = repository::list(&mut conn, customer_id, after, limit + 1).await?;
+        let rows = repository::list(&mut conn, customer_id.as_deref(), after, limit + 1).await?;
         let (rows, next_page_token) = pagination::split_page(rows, limit, |last| {
             Position {
                 create_time: last.create_time,
@@ -70,14 +80,22 @@ impl OrderQueries {
         })
     }
 
+    /// The gateway derives a keyed order's id from its caller and key, so a
+    /// caller never names another customer's order here; should a faulty
+    /// gateway do so, the order is NOT_FOUND and its key is left alone.
     async fn claim_request_key(
         &self,
+        caller: &Caller,
         request: &ClaimRequestKeyRequest,
     ) -> Result<ClaimRequestKeyResponse> {
         let order_id = parse_order_id(&request.order_id)?;
         let fingerprint = Uuid::parse_str(&request.fingerprint)
             .map_err(|_| OrderError::InvalidFingerprint(request.fingerprint.clone()))?;
         let mut conn = self.pool.get().await.map_err(DbError::from)?;
+        let recorded = repository::find(&mut conn, order_id).await?;
+        if recorded.is_some_and(|order| !caller.may_access(&order.customer_id)) {
+            return Err(OrderError::NotFound(order_id));
+        }
         let outcome = match request_keys::claim(&mut conn, order_id, fingerprint).await? {
             Claim::Claimed => ClaimOutcome::Claimed,
             Claim::Conflict => ClaimOutcome::Conflict,
@@ -89,10 +107,22 @@ impl OrderQueries {
         })
     }
 
-    async fn watch_order(&self, raw_id: &str, timeout: Option<Duration>) -> Result<OrderStream> {
+    async fn watch_order(
+        &self,
+        caller: Caller,
+        raw_id: &str,
+        timeout: Option<Duration>,
+    ) -> Result<OrderStream> {
         let order_id = parse_order_id(raw_id)?;
         let subscription = self.changes.subscribe(order_id).await?;
-        Ok(OrderWatch::new(order_id, subscription, timeout, self.shutdown.clone()).into_stream())
+        let watch = OrderWatch::new(
+            order_id,
+            subscription,
+            caller,
+            timeout,
+            self.shutdown.clone(),
+        );
+        Ok(watch.into_stream())
     }
 }
 
@@ -105,7 +135,9 @@ impl OrderQueryService for OrderQueries {
         request: Request<WatchOrderRequest>,
     ) -> Result<Response<OrderStream>, Status> {
         let timeout = timeout_of(&request);
-        let stream = OrderQueries::watch_order(self, &request.get_ref().order_id, timeout).await?;
+        let caller = Caller::of(&request)?;
+        let stream =
+            OrderQueries::watch_order(self, caller, &request.get_ref().order_id, timeout).await?;
         Ok(Response::new(stream))
     }
 
@@ -113,7 +145,8 @@ impl OrderQueryService for OrderQueries {
         &self,
         request: Request<GetOrderRequest>,
     ) -> Result<Response<GetOrderResponse>, Status> {
-        let response = OrderQueries::get_order(self, &request.get_ref().order_id).await?;
+        let caller = Caller::of(&request)?;
+        let response = OrderQueries::get_order(self, &caller, &request.get_ref().order_id).await?;
         Ok(Response::new(response))
     }
 
@@ -121,8 +154,9 @@ impl OrderQueryService for OrderQueries {
         &self,
         request: Request<ListOrdersRequest>,
     ) -> Result<Response<ListOrdersResponse>, Status> {
+        let caller = Caller::of(&request)?;
         Ok(Response::new(
-            OrderQueries::list_orders(self, request.get_ref()).await?,
+            OrderQueries::list_orders(self, &caller, request.get_ref()).await?,
         ))
     }
 
@@ -130,8 +164,9 @@ impl OrderQueryService for OrderQueries {
         &self,
         request: Request<ClaimRequestKeyRequest>,
     ) -> Result<Response<ClaimRequestKeyResponse>, Status> {
+        let caller = Caller::of(&request)?;
         Ok(Response::new(
-            OrderQueries::claim_request_key(self, request.get_ref()).await?,
+            OrderQueries::claim_request_key(self, &caller, request.get_ref()).await?,
         ))
     }
 }

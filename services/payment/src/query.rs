@@ -7,6 +7,7 @@ use oms_api::money;
 use oms_api::payments::v1::payment_service_server::PaymentService;
 use oms_api::payments::v1::{GetPaymentRequest, Payment, PaymentStatus};
 use oms_api::time::to_timestamp;
+use oms_common::auth::Caller;
 use oms_common::db::{DbError, DbPool};
 
 use crate::error::PaymentError;
@@ -17,12 +18,19 @@ pub struct PaymentQueries {
 }
 
 impl PaymentQueries {
-    async fn get_payment(&self, raw_order_id: &str) -> Result<Payment, PaymentError> {
+    /// Another customer's payment is NOT_FOUND, as if it did not exist, so
+    /// its existence does not leak.
+    async fn get_payment(
+        &self,
+        caller: &Caller,
+        raw_order_id: &str,
+    ) -> Result<Payment, PaymentError> {
         let order_id = Uuid::parse_str(raw_order_id)
             .map_err(|_| PaymentError::InvalidOrderId(raw_order_id.to_owned()))?;
         let mut conn = self.pool.get().await.map_err(DbError::from)?;
         repository::find_by_order(&mut conn, order_id)
             .await?
+            .filter(|row| caller.may_access(&row.customer_id))
             .map(into_proto)
             .ok_or(PaymentError::NotFound(order_id))
     }
@@ -55,7 +63,9 @@ impl PaymentService for PaymentQueries {
         &self,
         request: Request<GetPaymentRequest>,
     ) -> Result<Response<Payment>, Status> {
-        let payment = PaymentQueries::get_payment(self, &request.get_ref().order_id).await?;
+        let caller = Caller::of(&request)?;
+        let payment =
+            PaymentQueries::get_payment(self, &caller, &request.get_ref().order_id).await?;
         Ok(Response::new(payment))
     }
 }

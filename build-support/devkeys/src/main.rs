@@ -1,0 +1,50 @@
+//! `oms-devkeys init DIR` makes the development key pair; `oms-devkeys
+//! token DIR SUBJECT [SCOPES]` prints a token signed with it.
+
+use clap::{Parser, Subcommand};
+
+use oms_devkeys::{CUSTOMER_SCOPES, DevKeys};
+
+#[derive(Parser)]
+#[command(name = "oms-devkeys", about = "Development keys and tokens")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Makes the key pair in DIR unless it exists, and prints the key set's path.
+    Init { dir: String },
+    /// Prints a token for SUBJECT (the customer id), making the keys first if needed.
+    Token {
+        dir: String,
+        subject: String,
+        /// Space-separated scopes: orders:read, orders:write, orders:admin.
+        #[arg(default_value = CUSTOMER_SCOPES)]
+        scopes: String,
+        /// How long the token is valid, in seconds.
+        #[arg(long, default_value_t = 3600)]
+        lifetime: u64,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Command::Init { dir } => {
+            let keys = DevKeys::new(dir);
+            keys.load_or_create()?;
+            println!("{}", keys.jwks_file().display());
+        }
+        Command::Token {
+            dir,
+            subject,
+            scopes,
+            lifetime,
+        } => {
+            let key = DevKeys::new(dir).load_or_create()?;
+            println!("{}", key.token(&subject, &scopes, lifetime)?);
+        }
+    }
+    Ok(())
+}

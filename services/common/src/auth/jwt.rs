@@ -1,0 +1,241 @@
+//! Verifies bearer JWTs with the issuer's public keys.
+
+use std::collections::HashMap;
+
+use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, JwkSet, KeyAlgorithm};
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde::Deserialize;
+
+use super::caller::Scopes;
+use super::config::JwtSettings;
+
+/// Why a key set cannot be used. Start-up fails with it.
+#[derive(Debug, thiserror::Error)]
+pub enum KeySetError {
+    #[error("cannot read the key set {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{path} is not a JSON Web Key Set: {source}")]
+    Parse {
+        path: String,
+        source: serde_json::Error,
+    },
+    #[error(
+        "{path} holds no usable key: every key needs a `kid` and must be an ES256 (P-256) or EdDSA (Ed25519) public key"
+    )]
+    NoUsableKey { path: String },
+}
+
+/// The verified identity a token carries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    pub subject: String,
+    pub scopes: Scopes,
+}
+
+/// Why a token was refused. Logged, never told to the caller: it hears
+/// "invalid token" whatever failed.
+#[derive(Debug, thiserror::Error)]
+pub enum TokenError {
+    #[error("unreadable header: {0}")]
+    Header(jsonwebtoken::errors::Error),
+    #[error("no `kid` in the header")]
+    MissingKeyId,
+    #[error("unknown `kid` {0:?}")]
+    UnknownKeyId(String),
+    #[error("algorithm {found:?} does not match key {kid:?} ({expected:?})")]
+    WrongAlgorithm {
+        kid: String,
+        found: Algorithm,
+        expected: Algorithm,
+    },
+    #[error("{0}")]
+    Rejected(jsonwebtoken::errors::Error),
+    #[error("empty `sub`")]
+    EmptySubject,
+}
+
+struct VerificationKey {
+    key: DecodingKey,
+    validation: Validation,
+}
+
+/// The keys of one issuer, by `kid`, each bound to its one algorithm: a
+/// token cannot pick how it is checked.
+pub struct JwtVerifier {
+    keys: HashMap<String, VerificationKey>,
+}
+
+/// The claims we read. `sub` is the customer; `scope` is RFC 9068's
+/// space-separated list.
+#[derive(Deserialize)]
+struct Claims {
+    sub: String,
+    #[serde(default)]
+    scope: String,
+}
+
+impl JwtVerifier {
+    pub fn from_settings(settings: &JwtSettings) -> Result<Self, KeySetError> {
+        let path = settings.jwks_file.display().to_string();
+        let text =
+            std::fs::read_to_string(&settings.jwks_file).map_err(|source| KeySetError::Read {
+                path: path.clone(),
+                source,
+            })?;
+        Self::from_jwks_json(&text, settings, &path)
+    }
+
+    fn from_jwks_json(text: &str, settings: &JwtSettings, path: &str) -> Result<Self, KeySetError> {
+        let set: JwkSet = serde_json::from_str(text).map_err(|source| KeySetError::Parse {
+            path: path.to_owned(),
+            source,
+        })?;
+        let mut keys = HashMap::new();
+        for jwk in &set.keys {
+            match usable_key(jwk) {
+                Some((kid, algorithm, key)) => {
+                    keys.insert(
+                        kid,
+                        VerificationKey {
+                            key,
+                            validation: validation(algorithm, settings),
+                        },
+                    );
+                }
+                // Identity providers publish RSA keys too; we never accept
+                // them, but they need not stop the service.
+                None => tracing::warn!(
+                    kid = ?jwk.common.key_id,
+                    "ignoring a key that is not an ES256 or EdDSA public key with a kid"
+                ),
+            }
+        }
+        if keys.is_empty() {
+            return Err(KeySetError::NoUsableKey {
+                path: path.to_owned(),
+            });
+        }
+        tracing::info!(
+            keys = keys.len(),
+            key_set = path,
+            "token verification keys loaded"
+        );
+        Ok(Self { keys })
+    }
+
+    /// Verifies a compact JWS and returns who it names.
+    pub fn verify(&self, token: &str) -> Result<Identity, TokenError> {
+        // `alg: none` and algorithms we do not know fail to parse here.
+        let header = jsonwebtoken::decode_header(token).map_err(TokenError::Header)?;
+        let kid = header.kid.ok_or(TokenError::MissingKeyId)?;
+        let key = self
+            .keys
+            .get(&kid)
+            .ok_or_else(|| TokenError::UnknownKeyId(kid.clone()))?;
+        let expected = key.validation.algorithms[0];
+        if header.alg != expected {
+            return Err(TokenError::WrongAlgorithm {
+                kid,
+                found: header.alg,
+                expected,
+            });
+        }
+        let claims = jsonwebtoken::decode::<Claims>(token, &key.key, &key.validation)
+            .map_err(TokenError::Rejected)?
+            .claims;
+        if claims.sub.is_empty() {
+            return Err(TokenError::EmptySubject);
+        }
+        Ok(Identity {
+            subject: claims.sub,
+            scopes: Scopes::parse(&claims.scope),
+        })
+    }
+}
+
+/// The key's id, its one algorithm and its decoding key, when it is a
+/// public key we accept.
+fn usable_key(jwk: &Jwk) -> Option<(String, Algorithm, DecodingKey)> {
+    let kid = jwk.common.key_id.clone().filter(|kid| !kid.is_empty())?;
+    let algorithm = match &jwk.algorithm {
+        AlgorithmParameters::EllipticCurve(params) if params.curve == EllipticCurve::P256 => {
+            Algorithm::ES256
+        }
+        AlgorithmParameters::OctetKeyPair(params) if params.curve == EllipticCurve::Ed25519 => {
+            Algorithm::EdDSA
+        }
+        _ => return None,
+    };
+    // A key that names an algorithm must name its own.
+    let declared = jwk.common.key_algorithm;
+    let consistent = match declared {
+        None => true,
+        Some(KeyAlgorithm::ES256) => algorithm == Algorithm::ES256,
+        Some(KeyAlgorithm::EdDSA) => algorithm == Algorithm::EdDSA,
+        Some(_) => false,
+    };
+    if !consistent {
+        return None;
+    }
+    let key = DecodingKey::from_jwk(jwk).ok()?;
+    Some((kid, algorithm, key))
+}
+
+fn validation(algorithm: Algorithm, settings: &JwtSettings) -> Validation {
+    let mut validation = Validation::new(algorithm);
+    validation.set_issuer(&[&settings.issuer]);
+    validation.set_audience(&[&settings.audience]);
+    validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+    validation.validate_exp = true;
+    validation.validate_nbf = true;
+    validation.leeway = settings.leeway.as_secs();
+    validation
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings() -> JwtSettings {
+        JwtSettings {
+            jwks_file: "unused".into(),
+            issuer: "issuer".into(),
+            audience: "audience".into(),
+            leeway: std::time::Duration::from_secs(0),
+        }
+    }
+
+    #[test]
+    fn a_key_set_without_an_accepted_key_is_refused() {
+        // An RSA key and an EC key without a kid: neither may verify.
+        let jwks = r#"{"keys":[
+            {"kty":"RSA","kid":"r","n":"sXch","e":"AQAB"},
+            {"kty":"EC","crv":"P-256","x":"f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU","y":"x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0"}
+        ]}"#;
+        let refused = JwtVerifier::from_jwks_json(jwks, &settings(), "test");
+        assert!(matches!(refused, Err(KeySetError::NoUsableKey { .. })));
+    }
+
+    #[test]
+    fn an_ec_key_with_a_kid_is_accepted_and_bound_to_es256() {
+        let jwks = r#"{"keys":[
+            {"kty":"EC","crv":"P-256","kid":"k1","x":"f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU","y":"x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0"}
+        ]}"#;
+        let verifier = JwtVerifier::from_jwks_json(jwks, &settings(), "test").unwrap();
+        assert_eq!(
+            verifier.keys["k1"].validation.algorithms,
+            vec![Algorithm::ES256]
+        );
+    }
+
+    #[test]
+    fn a_key_declaring_another_algorithm_than_its_own_is_ignored() {
+        let jwks = r#"{"keys":[
+            {"kty":"EC","crv":"P-256","kid":"k1","alg":"HS256","x":"f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU","y":"x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0"}
+        ]}"#;
+        assert!(JwtVerifier::from_jwks_json(jwks, &settings(), "test").is_err());
+    }
+}
