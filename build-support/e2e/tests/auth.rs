@@ -636,3 +636,83 @@ async fn a_caller_over_its_rate_limit_is_told_when_to_retry_while_others_go_on()
     assert!(gateway.clone().list_orders(list(&alice)).await.is_ok());
     system.shut_down();
 }
+
+/// Opens a watch of an order that is never recorded: it stays open until
+/// its deadline.
+async fn open_watch(
+    gateway: &OrderServiceClient<Channel>,
+    token: &str,
+) -> Result<tonic::Streaming<Order>, tonic::Status> {
+    let request = bearer(
+        WatchOrderRequest {
+            order_id: Uuid::now_v7().to_string(),
+        },
+        token,
+    );
+    gateway
+        .clone()
+        .watch_order(request)
+        .await
+        .map(|response| response.into_inner())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn watches_are_bounded_per_caller_in_all_and_in_age() {
+    let db = TestDatabase::create().await;
+    let keys = TestKeys::create();
+    let brokers = kafka::brokers().join(",");
+    let mut env = keys.env();
+    env.extend([
+        ("GATEWAY_WATCHES_PER_CALLER", "2".to_owned()),
+        ("GATEWAY_MAX_WATCHES", "3".to_owned()),
+        ("GATEWAY_WATCH_MAX_AGE_SECONDS", "5".to_owned()),
+    ]);
+    let system = System::start(&db, &brokers, &unique_topic_prefix(), &env).await;
+    let gateway = system.gateway().await;
+    let (alice, bob, carol) = (
+        keys.token("alice", CUSTOMER),
+        keys.token("bob", CUSTOMER),
+        keys.token("carol", CUSTOMER),
+    );
+
+    let opened_at = std::time::Instant::now();
+    let first = open_watch(&gateway, &alice)
+        .await
+        .expect("alice's first watch");
+    let _second = open_watch(&gateway, &alice)
+        .await
+        .expect("alice's second watch");
+    let third = open_watch(&gateway, &alice).await;
+    assert_eq!(
+        code_of(&third),
+        Code::ResourceExhausted,
+        "alice's third watch"
+    );
+    let _bobs = open_watch(&gateway, &bob).await.expect("bob's watch");
+    let carols = open_watch(&gateway, &carol).await;
+    assert_eq!(
+        code_of(&carols),
+        Code::ResourceExhausted,
+        "over the gateway's cap"
+    );
+
+    // A closed watch gives its place back at once, long before the others
+    // reach their maximum age.
+    drop(first);
+    let mut reopened = None;
+    while opened_at.elapsed() < Duration::from_secs(3) && reopened.is_none() {
+        reopened = open_watch(&gateway, &alice).await.ok();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut reopened = reopened.expect("alice's place was not given back");
+    let reopened_at = std::time::Instant::now();
+    // It ends at its maximum age although the call set no deadline.
+    let ended = reopened.message().await;
+    assert_eq!(code_of(&ended), Code::DeadlineExceeded);
+    let lived = reopened_at.elapsed();
+    assert!(
+        lived > Duration::from_secs(4) && lived < Duration::from_secs(8),
+        "the watch lived {lived:?}"
+    );
+    system.shut_down();
+}

@@ -1,5 +1,6 @@
 //! The gateway's errors and their one mapping to gRPC status codes.
 
+use crate::watch_limits::WatchRefused;
 use oms_common::auth::AccessDenied;
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, FieldViolation, StatusExt};
@@ -31,6 +32,8 @@ pub enum GatewayError {
     ShuttingDown,
     #[error(transparent)]
     Denied(#[from] AccessDenied),
+    #[error(transparent)]
+    TooManyWatches(#[from] WatchRefused),
     #[error("the order service refused the caller: {}", .0.message())]
     Refused(Status),
     #[error("unexpected answer from the order service: {0}")]
@@ -56,6 +59,7 @@ impl From<GatewayError> for Status {
             GatewayError::RequestIdReused(_) => Status::already_exists(err.to_string()),
             GatewayError::NotFound(_) => Status::not_found(err.to_string()),
             GatewayError::Denied(_) => Status::permission_denied(err.to_string()),
+            GatewayError::TooManyWatches(_) => Status::resource_exhausted(err.to_string()),
             GatewayError::Refused(status) => status,
             GatewayError::DeadlineExceeded(_) => Status::deadline_exceeded(err.to_string()),
             GatewayError::ShuttingDown => Status::unavailable(err.to_string()),

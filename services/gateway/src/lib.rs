@@ -9,5 +9,6 @@ pub mod startup;
 pub mod upstream;
 pub mod validation;
 pub mod watch;
+pub mod watch_limits;
 
 pub use startup::{Application, GatewayConfig, SERVICE_NAME};

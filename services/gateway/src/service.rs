@@ -29,6 +29,7 @@ use crate::idempotency;
 use crate::upstream::OrderService as OrderServiceInstances;
 use crate::validation::{ValidOrder, validate_create_order, validate_list_orders};
 use crate::watch::OrderStream;
+use crate::watch_limits::WatchLimits;
 
 /// The CloudEvents source of the events the gateway publishes.
 const SOURCE: &str = "/gateway";
@@ -45,6 +46,8 @@ pub struct Gateway {
     pub publish_timeout: Duration,
     /// Ends open WatchOrder streams when the gateway stops.
     pub shutdown: CancellationToken,
+    /// Bounds open WatchOrder streams.
+    pub watches: Arc<WatchLimits>,
 }
 
 impl Gateway {

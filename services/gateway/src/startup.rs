@@ -22,6 +22,7 @@ use oms_common::topics::{ORDER_CREATED, TopicNames};
 
 use crate::service::Gateway;
 use crate::upstream::{OrderService, parse_targets};
+use crate::watch_limits::{WatchLimitConfig, WatchLimits};
 
 pub const SERVICE_NAME: &str = "gateway";
 
@@ -41,6 +42,7 @@ pub struct GatewayConfig {
     /// arriving sooner share the next request.
     pub produce_linger: Duration,
     pub auth: AuthConfig,
+    pub watch_limits: WatchLimitConfig,
 }
 
 impl GatewayConfig {
@@ -65,6 +67,7 @@ impl GatewayConfig {
                 0..=100_000,
             )?),
             auth: AuthConfig::from_env()?,
+            watch_limits: WatchLimitConfig::from_env()?,
         })
     }
 }
@@ -104,6 +107,7 @@ impl Application {
             orders,
             publish_timeout: config.publish_timeout,
             shutdown: shutdown.clone(),
+            watches: WatchLimits::new(config.watch_limits),
         };
 
         // Before serving anything: a key set that cannot be read stops the

@@ -73,27 +73,34 @@ pub fn parse_targets(list: &str) -> Result<Vec<Target>, String> {
 /// One order-service instance.
 struct Instance {
     addr: SocketAddr,
+    /// For reads and claims.
     client: OrderClient,
+    /// For watches, on a connection of their own: long-lived streams never
+    /// take the stream slots or flow-control window reads need.
+    watcher: OrderClient,
     avoid_until: Mutex<Option<Instant>>,
 }
 
 impl Instance {
     fn new(scheme: &str, addr: SocketAddr) -> Self {
         let uri = format!("{scheme}://{addr}");
-        let channel = Endpoint::from_shared(uri)
-            .expect("an address makes a valid URI")
-            .connect_timeout(Duration::from_secs(2))
-            .timeout(Duration::from_secs(5))
-            .tcp_nodelay(true)
-            // A host that vanishes without a reset must not leave calls
-            // and watches hanging on its connection.
-            .http2_keep_alive_interval(Duration::from_secs(10))
-            .keep_alive_timeout(Duration::from_secs(5))
-            .keep_alive_while_idle(true)
-            .connect_lazy();
+        let channel = || {
+            Endpoint::from_shared(uri.clone())
+                .expect("an address makes a valid URI")
+                .connect_timeout(Duration::from_secs(2))
+                .timeout(Duration::from_secs(5))
+                .tcp_nodelay(true)
+                // A host that vanishes without a reset must not leave calls
+                // and watches hanging on its connection.
+                .http2_keep_alive_interval(Duration::from_secs(10))
+                .keep_alive_timeout(Duration::from_secs(5))
+                .keep_alive_while_idle(true)
+                .connect_lazy()
+        };
         Self {
             addr,
-            client: OrderQueryServiceClient::new(channel),
+            client: OrderQueryServiceClient::new(channel()),
+            watcher: OrderQueryServiceClient::new(channel()),
             avoid_until: Mutex::new(None),
         }
     }
@@ -223,13 +230,14 @@ impl OrderService {
             .map(|(answer, _)| answer)
     }
 
-    /// As `call`, also saying which instance answered.
-    pub async fn call_on<T, F, Fut>(&self, mut call: F) -> Result<(T, SocketAddr), Status>
+    /// As `call`, on the instances' watch connections, also saying which
+    /// instance answered.
+    pub async fn watch_on<T, F, Fut>(&self, mut call: F) -> Result<(T, SocketAddr), Status>
     where
         F: FnMut(OrderClient) -> Fut,
         Fut: Future<Output = Result<T, Status>>,
     {
-        self.call_instances(|instance| call(instance.client.clone()))
+        self.call_instances(|instance| call(instance.watcher.clone()))
             .await
     }
 

@@ -21,6 +21,7 @@ use oms_common::auth::Caller;
 use crate::error::GatewayError;
 use crate::service::{Gateway, upstream_error};
 use crate::upstream::{OrderService as OrderServiceInstances, is_unreachable};
+use crate::watch_limits::WatchPermit;
 
 pub type OrderStream = Pin<Box<dyn Stream<Item = Result<Order, Status>> + Send>>;
 
@@ -39,7 +40,10 @@ impl Gateway {
                 "must be a UUID",
             )]));
         }
-        let deadline = timeout.map(|timeout| Instant::now() + timeout);
+        let permit = self.watches.acquire(&caller)?;
+        // The longest life of a watch acts as a deadline of the server's.
+        let max_age = self.watches.max_age();
+        let deadline = Some(Instant::now() + timeout.map_or(max_age, |t| t.min(max_age)));
         let (changes, serving) = subscribe(&self.orders, &caller, &request, deadline)
             .await
             .map_err(|status| watch_error(&request.order_id, status))?;
@@ -53,6 +57,7 @@ impl Gateway {
             last_status: None,
             resubscribed: 0,
             shutdown: self.shutdown.clone(),
+            _permit: permit,
         }))
     }
 }
@@ -75,6 +80,8 @@ struct Watch {
     last_status: Option<i32>,
     resubscribed: u32,
     shutdown: CancellationToken,
+    /// Held while the stream lives.
+    _permit: WatchPermit,
 }
 
 /// Opens the watch on an instance that answers, with what is left of the
@@ -86,7 +93,7 @@ async fn subscribe(
     deadline: Option<Instant>,
 ) -> Result<(Streaming<Order>, SocketAddr), Status> {
     orders
-        .call_on(|mut client| {
+        .watch_on(|mut client| {
             let mut forwarded = caller.forward(request.clone());
             if let Some(deadline) = deadline {
                 forwarded.set_timeout(deadline.saturating_duration_since(Instant::now()));

@@ -8,6 +8,7 @@ use std::time::Duration;
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
 
+use gateway::watch_limits::WatchLimitConfig;
 use gateway::{Application, GatewayConfig};
 use oms_api::orders::v1::order_service_client::OrderServiceClient;
 use oms_common::auth::AuthConfig;
@@ -28,6 +29,7 @@ pub fn gateway_config(prefix: &str, order_service: Option<SocketAddr>) -> Gatewa
         publish_timeout: Duration::from_secs(5),
         produce_linger: Duration::from_millis(1),
         auth: AuthConfig::disabled(),
+        watch_limits: WatchLimitConfig::default(),
     }
 }
 
