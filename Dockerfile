@@ -10,13 +10,13 @@ RUN cargo build --release --bins \
        target/release/oms-devkeys /out/
 
 FROM debian:bookworm-slim
-# /auth belongs to oms: a named volume mounted there starts with that
-# ownership, so docker-compose's auth-keys service can write its keys.
+# /auth and /auth-public belong to oms: a named volume mounted there starts
+# with that ownership, so docker-compose's auth-keys service can write.
 RUN apt-get update \
  && apt-get install -y --no-install-recommends ca-certificates \
  && rm -rf /var/lib/apt/lists/* \
  && useradd --system --uid 10001 oms \
- && mkdir /auth && chown oms /auth
+ && mkdir /auth /auth-public && chown oms /auth /auth-public
 COPY --from=build /out/ /usr/local/bin/
 USER oms
 ENV LOG_FORMAT=json RUST_LOG=info

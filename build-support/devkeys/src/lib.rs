@@ -7,7 +7,12 @@ use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
-use jsonwebtoken::jwk::{Jwk, JwkSet, KeyAlgorithm, PublicKeyUse};
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use jsonwebtoken::jwk::{
+    AlgorithmParameters, EllipticCurve, Jwk, JwkSet, KeyAlgorithm, OctetKeyPairParameters,
+    OctetKeyPairType, PublicKeyUse,
+};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};
 
@@ -32,27 +37,56 @@ const KEY_ID_FILE: &str = "kid";
 /// key set.
 pub struct SigningKey {
     pub kid: String,
+    pub algorithm: Algorithm,
     key: EncodingKey,
     /// The key set holding the public half, as JSON.
     pub jwks: String,
 }
 
 impl SigningKey {
-    /// A new P-256 key pair with id `kid`.
+    /// A new P-256 (ES256) key pair with id `kid`.
     pub fn generate(kid: &str) -> anyhow::Result<Self> {
         let pair = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
-        Self::from_pem(kid, &pair.serialize_pem())
+        Self::from_pem(kid, &pair.serialize_pem(), Algorithm::ES256)
     }
 
-    fn from_pem(kid: &str, pem: &str) -> anyhow::Result<Self> {
-        let key = EncodingKey::from_ec_pem(pem.as_bytes()).context("not a P-256 private key")?;
-        let mut jwk = Jwk::from_encoding_key(&key, Algorithm::ES256)?;
+    /// A new Ed25519 (EdDSA) key pair with id `kid`.
+    pub fn generate_ed25519(kid: &str) -> anyhow::Result<Self> {
+        let pair = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519)?;
+        Self::from_pem(kid, &pair.serialize_pem(), Algorithm::EdDSA)
+    }
+
+    fn from_pem(kid: &str, pem: &str, algorithm: Algorithm) -> anyhow::Result<Self> {
+        let (key, key_algorithm) = match algorithm {
+            Algorithm::EdDSA => (
+                EncodingKey::from_ed_pem(pem.as_bytes()).context("not an Ed25519 private key")?,
+                KeyAlgorithm::EdDSA,
+            ),
+            _ => (
+                EncodingKey::from_ec_pem(pem.as_bytes()).context("not a P-256 private key")?,
+                KeyAlgorithm::ES256,
+            ),
+        };
+        let mut jwk = match algorithm {
+            // jsonwebtoken derives EC public keys only; an Ed25519 public
+            // key is just its 32 bytes (RFC 8037).
+            Algorithm::EdDSA => Jwk {
+                common: Default::default(),
+                algorithm: AlgorithmParameters::OctetKeyPair(OctetKeyPairParameters {
+                    key_type: OctetKeyPairType::OctetKeyPair,
+                    curve: EllipticCurve::Ed25519,
+                    x: URL_SAFE_NO_PAD.encode(rcgen::KeyPair::from_pem(pem)?.public_key_raw()),
+                }),
+            },
+            _ => Jwk::from_encoding_key(&key, algorithm)?,
+        };
         jwk.common.key_id = Some(kid.to_owned());
-        jwk.common.key_algorithm = Some(KeyAlgorithm::ES256);
+        jwk.common.key_algorithm = Some(key_algorithm);
         jwk.common.public_key_use = Some(PublicKeyUse::Signature);
         let jwks = serde_json::to_string_pretty(&JwkSet { keys: vec![jwk] })?;
         Ok(Self {
             kid: kid.to_owned(),
+            algorithm,
             key,
             jwks,
         })
@@ -70,7 +104,7 @@ impl SigningKey {
     /// A token for `subject` with `scopes`, valid for `lifetime_secs`.
     pub fn token(&self, subject: &str, scopes: &str, lifetime_secs: u64) -> anyhow::Result<String> {
         let claims = claims(subject, scopes, lifetime_secs);
-        self.sign(Header::new(Algorithm::ES256), &claims)
+        self.sign(Header::new(self.algorithm), &claims)
     }
 }
 
@@ -110,25 +144,75 @@ impl DevKeys {
     }
 
     /// The signing key, made and written (private key readable by the
-    /// owner only) if the directory has none yet.
+    /// owner only) if the directory has none yet. One process makes keys
+    /// at a time (a lock file), and the private key, written last and
+    /// renamed into place, marks a complete pair: nobody loads half of one,
+    /// and of two processes starting at once the second loads the first's.
+    /// (The directory may be a mount point, so it is not itself renamed.)
     pub fn load_or_create(&self) -> anyhow::Result<SigningKey> {
-        let pem_path = self.dir.join(PRIVATE_KEY_FILE);
-        if pem_path.exists() {
-            let pem = read(&pem_path)?;
-            let kid = read(&self.dir.join(KEY_ID_FILE))?;
-            return SigningKey::from_pem(kid.trim(), &pem);
+        if let Some(key) = self.load()? {
+            return Ok(key);
         }
         std::fs::create_dir_all(&self.dir)
             .with_context(|| format!("cannot create {}", self.dir.display()))?;
+        let lock = self.dir.join(".creating");
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&lock)
+        {
+            Ok(_) => {
+                let made = self.write_new();
+                let _ = std::fs::remove_file(&lock);
+                made
+            }
+            Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => {
+                for _ in 0..100 {
+                    std::thread::sleep(std::time::Duration::from_millis(100));
+                    if let Some(key) = self.load()? {
+                        return Ok(key);
+                    }
+                }
+                anyhow::bail!(
+                    "another process is making keys in {} (remove {} if none is)",
+                    self.dir.display(),
+                    lock.display()
+                )
+            }
+            Err(err) => Err(err).with_context(|| format!("cannot create {}", lock.display())),
+        }
+    }
+
+    fn load(&self) -> anyhow::Result<Option<SigningKey>> {
+        let pem_path = self.dir.join(PRIVATE_KEY_FILE);
+        if !pem_path.exists() {
+            return Ok(None);
+        }
+        let pem = read(&pem_path)?;
+        let kid = read(&self.dir.join(KEY_ID_FILE))?;
+        SigningKey::from_pem(kid.trim(), &pem, Algorithm::ES256).map(Some)
+    }
+
+    fn write_new(&self) -> anyhow::Result<SigningKey> {
         let kid = format!("dev-{}", unix_now());
         let pair = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
         let pem = pair.serialize_pem();
-        let key = SigningKey::from_pem(&kid, &pem)?;
-        write_private(&pem_path, &pem)?;
+        let key = SigningKey::from_pem(&kid, &pem, Algorithm::ES256)?;
         std::fs::write(self.dir.join(KEY_ID_FILE), &kid)?;
         std::fs::write(self.jwks_file(), &key.jwks)?;
+        let staged = self
+            .dir
+            .join(format!(".{PRIVATE_KEY_FILE}.{}", unix_nanos()));
+        write_private(&staged, &pem)?;
+        std::fs::rename(&staged, self.dir.join(PRIVATE_KEY_FILE))?;
         Ok(key)
     }
+}
+
+fn unix_nanos() -> u128 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |since| since.as_nanos())
 }
 
 fn read(path: &Path) -> anyhow::Result<String> {

@@ -15,7 +15,13 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Makes the key pair in DIR unless it exists, and prints the key set's path.
-    Init { dir: String },
+    Init {
+        dir: String,
+        /// Also copies the public key set (jwks.json alone) here, for
+        /// services that must not see the private key.
+        #[arg(long)]
+        public_dir: Option<String>,
+    },
     /// Prints a token for SUBJECT (the customer id), making the keys first if needed.
     Token {
         dir: String,
@@ -31,10 +37,19 @@ enum Command {
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
-        Command::Init { dir } => {
+        Command::Init { dir, public_dir } => {
             let keys = DevKeys::new(dir);
-            keys.load_or_create()?;
-            println!("{}", keys.jwks_file().display());
+            let key = keys.load_or_create()?;
+            let jwks_file = match public_dir {
+                Some(public_dir) => {
+                    let path = std::path::Path::new(&public_dir).join("jwks.json");
+                    std::fs::create_dir_all(&public_dir)?;
+                    std::fs::write(&path, &key.jwks)?;
+                    path
+                }
+                None => keys.jwks_file(),
+            };
+            println!("{}", jwks_file.display());
         }
         Command::Token {
             dir,

@@ -15,6 +15,8 @@ use uuid::Uuid;
 use oms_api::google::r#type::Money;
 use oms_api::notifications::v1::ListNotificationsRequest;
 use oms_api::notifications::v1::notification_service_client::NotificationServiceClient;
+use oms_api::order_keys::keyed_order_id;
+use oms_api::orders::internal::v1::ClaimRequestKeyRequest;
 use oms_api::orders::internal::v1::GetOrderRequest as InternalGetOrderRequest;
 use oms_api::orders::internal::v1::order_query_service_client::OrderQueryServiceClient;
 use oms_api::orders::v1::order_service_client::OrderServiceClient;
@@ -482,6 +484,17 @@ async fn only_a_valid_token_with_the_right_scope_reaches_only_its_own_records() 
             token,
         )
     };
+    // Bob's notifications exist (seen by an admin) before alice looks.
+    eventually("bob's notifications", Duration::from_secs(30), || {
+        let (mut notifications, request) = (notifications.clone(), by("", "bob", &admin));
+        async move {
+            notifications
+                .list_notifications(request)
+                .await
+                .is_ok_and(|r| r.into_inner().notifications.len() >= 2)
+        }
+    })
+    .await;
     let theirs = notifications
         .clone()
         .list_notifications(by(&bobs.order_id, "", &alice))
@@ -548,6 +561,44 @@ async fn only_a_valid_token_with_the_right_scope_reaches_only_its_own_records() 
         Code::NotFound,
     );
 
+    // Keys are claimed by their customer, so nobody calling the internal
+    // API directly claims, probes or reads another customer's key.
+    let claim = |customer: &str, request_id: &str, order_id: &str| ClaimRequestKeyRequest {
+        order_id: order_id.to_owned(),
+        fingerprint: Uuid::now_v7().to_string(),
+        customer_id: customer.to_owned(),
+        request_id: request_id.to_owned(),
+    };
+    let bobs_key = keyed_order_id("bob", "shared-key").to_string();
+    assert_eq!(bobs_key, bobs.order_id);
+    let claimed = internal
+        .clone()
+        .claim_request_key(bearer(claim("bob", "shared-key", &bobs_key), &alice))
+        .await;
+    table.check(
+        "internal claim of bob's key as alice",
+        code_of(&claimed),
+        Code::PermissionDenied,
+    );
+    let claimed = internal
+        .clone()
+        .claim_request_key(bearer(claim("alice", "shared-key", &bobs_key), &alice))
+        .await;
+    table.check(
+        "internal claim of bob's order id under alice's name",
+        code_of(&claimed),
+        Code::InvalidArgument,
+    );
+    let claimed = internal
+        .clone()
+        .claim_request_key(bearer(claim("", "", &bobs_key), &alice))
+        .await;
+    table.check(
+        "internal claim by order id alone",
+        code_of(&claimed),
+        Code::InvalidArgument,
+    );
+
     // Probes and discovery stay open.
     for name in [GATEWAY, ORDER, PAYMENT, NOTIFICATION] {
         let health = grpc::health(system.addr(name), name).await;
@@ -577,6 +628,7 @@ async fn a_caller_over_its_rate_limit_is_told_when_to_retry_while_others_go_on()
     let brokers = kafka::brokers().join(",");
     let mut env = keys.env();
     env.push(("RATE_LIMIT_READS_PER_SECOND", "5".to_owned()));
+    env.push(("RATE_LIMIT_FAILED_AUTH_PER_SECOND", "2".to_owned()));
     let system = System::start(&db, &brokers, &unique_topic_prefix(), &env).await;
     let gateway = system.gateway().await;
     let alice = keys.token("alice", CUSTOMER);
@@ -634,6 +686,41 @@ async fn a_caller_over_its_rate_limit_is_told_when_to_retry_while_others_go_on()
     // After the delay alice may call again.
     tokio::time::sleep(retry_after).await;
     assert!(gateway.clone().list_orders(list(&alice)).await.is_ok());
+
+    // An address sending bad tokens is refused, after its budget, before
+    // any signature is checked: even a good token from it waits.
+    let started = std::time::Instant::now();
+    let mut refused = Vec::new();
+    let mut blocked_until = None;
+    for _ in 0..15 {
+        let answer = gateway.clone().list_orders(list("garbage")).await;
+        refused.push(code_of(&answer));
+        if let Err(status) = &answer
+            && let Some(delay) = status.get_details_retry_info().and_then(|i| i.retry_delay)
+        {
+            blocked_until = Some(std::time::Instant::now() + delay);
+        }
+    }
+    let unauthenticated = refused
+        .iter()
+        .filter(|c| **c == Code::Unauthenticated)
+        .count();
+    let refilled = (started.elapsed().as_secs_f64() * 2.0).ceil() as usize;
+    assert!(
+        (2..=2 + refilled).contains(&unauthenticated),
+        "{unauthenticated} of 15 bad tokens were checked: {refused:?}"
+    );
+    assert!(refused.contains(&Code::ResourceExhausted), "{refused:?}");
+    let blocked_until = blocked_until.expect("a RetryInfo delay");
+    let asked_at = std::time::Instant::now();
+    let blocked = gateway.clone().list_orders(list(&bob)).await;
+    if asked_at < blocked_until {
+        assert_eq!(
+            code_of(&blocked),
+            Code::ResourceExhausted,
+            "bob from a blocked address"
+        );
+    }
     system.shut_down();
 }
 

@@ -48,6 +48,7 @@ impl ServiceProcess {
             .env("AUTH_MODE", "disabled")
             .env("RATE_LIMIT_WRITES_PER_SECOND", "0")
             .env("RATE_LIMIT_READS_PER_SECOND", "0")
+            .env("RATE_LIMIT_FAILED_AUTH_PER_SECOND", "0")
             .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
             .env(
                 "RUST_LOG",

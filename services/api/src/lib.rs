@@ -4,6 +4,7 @@
 
 pub mod envelope;
 pub mod money;
+pub mod order_keys;
 pub mod time;
 pub mod validation;
 

@@ -27,10 +27,6 @@ use crate::service::upstream_error;
 use crate::upstream::OrderService;
 use crate::validation::ValidOrder;
 
-/// The namespace of derived order ids. Changing it would break retries that
-/// span the change.
-const ORDER_ID_NAMESPACE: Uuid = Uuid::from_u128(0x6f72_6465_7273_2d76_312d_7265_7175_6573);
-
 /// The namespace of request fingerprints ("orders-v1-finger"). Changing it
 /// would refuse the retries of keys claimed before the change whose orders
 /// are not recorded yet.
@@ -47,12 +43,7 @@ pub fn order_id_for(order: &ValidOrder) -> Uuid {
 
 /// The order id a customer's `request_id` names.
 pub fn order_id_for_key(customer_id: &str, request_id: &str) -> Uuid {
-    // Validation forbids control characters in ids, so the NUL separator
-    // keeps ("ab", "c") and ("a", "bc") apart.
-    Uuid::new_v5(
-        &ORDER_ID_NAMESPACE,
-        format!("{customer_id}\0{request_id}").as_bytes(),
-    )
+    oms_api::order_keys::keyed_order_id(customer_id, request_id)
 }
 
 /// Names the content of a request: what the key of a keyed request is
@@ -88,6 +79,8 @@ pub async fn claim_key(
     let claim = ClaimRequestKeyRequest {
         order_id: order_id.to_string(),
         fingerprint: fingerprint(order).to_string(),
+        customer_id: order.customer_id.clone(),
+        request_id: request_id.to_owned(),
     };
     // A claim is idempotent: made again, it finds the key it bound.
     let response = orders

@@ -13,6 +13,10 @@ pub enum OrderError {
     InvalidOrderId(String),
     #[error("fingerprint {0:?} is not a UUID")]
     InvalidFingerprint(String),
+    #[error("customer_id and request_id are required to claim a key")]
+    UnnamedKey,
+    #[error("order_id {0} is not the one customer_id and request_id name")]
+    KeyMismatch(uuid::Uuid),
     #[error("page_token is not a token this service issued")]
     InvalidPageToken,
     #[error("page_size must not be negative")]
@@ -40,6 +44,8 @@ impl From<OrderError> for Status {
         match &err {
             OrderError::InvalidOrderId(_)
             | OrderError::InvalidFingerprint(_)
+            | OrderError::UnnamedKey
+            | OrderError::KeyMismatch(_)
             | OrderError::InvalidPageToken
             | OrderError::InvalidPageSize => Status::invalid_argument(err.to_string()),
             OrderError::NotFound(_) => Status::not_found(err.to_string()),

@@ -7,13 +7,14 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
+use oms_api::order_keys::keyed_order_id;
 use oms_api::orders::internal::v1::order_query_service_server::OrderQueryService;
 use oms_api::orders::internal::v1::{
     ClaimOutcome, ClaimRequestKeyRequest, ClaimRequestKeyResponse, GetOrderRequest,
     GetOrderResponse,
 };
 use oms_api::orders::v1::{ListOrdersRequest, ListOrdersResponse, WatchOrderRequest};
-use oms_common::auth::Caller;
+use oms_common::auth::{AccessDenied, Caller};
 use oms_common::db::{DbError, DbPool};
 use oms_common::grpc::timeout_of;
 use oms_common::pagination;
@@ -80,9 +81,10 @@ impl OrderQueries {
         })
     }
 
-    /// The gateway derives a keyed order's id from its caller and key, so a
-    /// caller never names another customer's order here; should a faulty
-    /// gateway do so, the order is NOT_FOUND and its key is left alone.
+    /// The key's order id must be the one derived from its customer and
+    /// request id, and the caller must be that customer (or an admin), so
+    /// no caller claims, probes or reads another customer's key, whoever
+    /// calls this API.
     async fn claim_request_key(
         &self,
         caller: &Caller,
@@ -91,16 +93,28 @@ impl OrderQueries {
         let order_id = parse_order_id(&request.order_id)?;
         let fingerprint = Uuid::parse_str(&request.fingerprint)
             .map_err(|_| OrderError::InvalidFingerprint(request.fingerprint.clone()))?;
-        let mut conn = self.pool.get().await.map_err(DbError::from)?;
-        let recorded = repository::find(&mut conn, order_id).await?;
-        if recorded.is_some_and(|order| !caller.may_access(&order.customer_id)) {
-            return Err(OrderError::NotFound(order_id));
+        if request.customer_id.is_empty() || request.request_id.is_empty() {
+            // Only a caller nobody checked may claim by order id alone (a
+            // gateway older than the fields, with authentication off).
+            if caller.subject().is_some() {
+                return Err(OrderError::UnnamedKey);
+            }
+        } else {
+            if keyed_order_id(&request.customer_id, &request.request_id) != order_id {
+                return Err(OrderError::KeyMismatch(order_id));
+            }
+            if !caller.may_access(&request.customer_id) {
+                return Err(AccessDenied(request.customer_id.clone()).into());
+            }
         }
+        let mut conn = self.pool.get().await.map_err(DbError::from)?;
         let outcome = match request_keys::claim(&mut conn, order_id, fingerprint).await? {
             Claim::Claimed => ClaimOutcome::Claimed,
             Claim::Conflict => ClaimOutcome::Conflict,
         };
-        let order = repository::find(&mut conn, order_id).await?;
+        let order = repository::find(&mut conn, order_id)
+            .await?
+            .filter(|row| caller.may_access(&row.customer_id));
         Ok(ClaimRequestKeyResponse {
             outcome: outcome as i32,
             order: order.map(|row| row.into_proto()),

@@ -2,7 +2,9 @@
 
 use std::collections::HashMap;
 
-use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, JwkSet, KeyAlgorithm};
+use jsonwebtoken::jwk::{
+    AlgorithmParameters, EllipticCurve, Jwk, KeyAlgorithm, KeyOperations, PublicKeyUse,
+};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
 
@@ -26,6 +28,15 @@ pub enum KeySetError {
         "{path} holds no usable key: every key needs a `kid` and must be an ES256 (P-256) or EdDSA (Ed25519) public key"
     )]
     NoUsableKey { path: String },
+    #[error("{path} has two keys with kid {kid:?}: a token could not say which one signed it")]
+    DuplicateKeyId { path: String, kid: String },
+}
+
+/// A key set as written, each key kept raw: one key we cannot read must not
+/// stop the others from being used.
+#[derive(Deserialize)]
+struct RawKeySet {
+    keys: Vec<serde_json::Value>,
 }
 
 /// The verified identity a token carries.
@@ -89,29 +100,35 @@ impl JwtVerifier {
     }
 
     fn from_jwks_json(text: &str, settings: &JwtSettings, path: &str) -> Result<Self, KeySetError> {
-        let set: JwkSet = serde_json::from_str(text).map_err(|source| KeySetError::Parse {
+        let set: RawKeySet = serde_json::from_str(text).map_err(|source| KeySetError::Parse {
             path: path.to_owned(),
             source,
         })?;
         let mut keys = HashMap::new();
-        for jwk in &set.keys {
-            match usable_key(jwk) {
-                Some((kid, algorithm, key)) => {
-                    keys.insert(
-                        kid,
-                        VerificationKey {
-                            key,
-                            validation: validation(algorithm, settings),
-                        },
-                    );
-                }
-                // Identity providers publish RSA keys too; we never accept
-                // them, but they need not stop the service.
-                None => tracing::warn!(
-                    kid = ?jwk.common.key_id,
-                    "ignoring a key that is not an ES256 or EdDSA public key with a kid"
-                ),
+        for raw in set.keys {
+            let kid = raw.get("kid").cloned();
+            // Identity providers publish RSA keys, encryption keys and
+            // curves we do not take; we never accept them, but they need
+            // not stop the service.
+            let Some((kid, algorithm, key)) = serde_json::from_value::<Jwk>(raw)
+                .ok()
+                .as_ref()
+                .and_then(usable_key)
+            else {
+                tracing::warn!(
+                    ?kid,
+                    "ignoring a key that is not an ES256 or EdDSA signing key with a kid"
+                );
+                continue;
+            };
+            if keys.contains_key(&kid) {
+                return Err(KeySetError::DuplicateKeyId {
+                    path: path.to_owned(),
+                    kid,
+                });
             }
+            let validation = validation(algorithm, settings);
+            keys.insert(kid, VerificationKey { key, validation });
         }
         if keys.is_empty() {
             return Err(KeySetError::NoUsableKey {
@@ -160,6 +177,23 @@ impl JwtVerifier {
 /// public key we accept.
 fn usable_key(jwk: &Jwk) -> Option<(String, Algorithm, DecodingKey)> {
     let kid = jwk.common.key_id.clone().filter(|kid| !kid.is_empty())?;
+    // A key meant for something else than verifying signatures is not ours.
+    if jwk
+        .common
+        .public_key_use
+        .as_ref()
+        .is_some_and(|key_use| *key_use != PublicKeyUse::Signature)
+    {
+        return None;
+    }
+    if jwk
+        .common
+        .key_operations
+        .as_ref()
+        .is_some_and(|operations| !operations.contains(&KeyOperations::Verify))
+    {
+        return None;
+    }
     let algorithm = match &jwk.algorithm {
         AlgorithmParameters::EllipticCurve(params) if params.curve == EllipticCurve::P256 => {
             Algorithm::ES256
@@ -198,6 +232,7 @@ fn validation(algorithm: Algorithm, settings: &JwtSettings) -> Validation {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use oms_devkeys::SigningKey;
 
     fn settings() -> JwtSettings {
         JwtSettings {
@@ -229,6 +264,81 @@ mod tests {
             verifier.keys["k1"].validation.algorithms,
             vec![Algorithm::ES256]
         );
+    }
+
+    /// One key set holding the public halves of `keys`.
+    fn key_set(keys: &[&SigningKey]) -> String {
+        let all: Vec<serde_json::Value> = keys
+            .iter()
+            .flat_map(|key| {
+                let set: serde_json::Value = serde_json::from_str(&key.jwks).unwrap();
+                set["keys"].as_array().unwrap().clone()
+            })
+            .collect();
+        serde_json::json!({ "keys": all }).to_string()
+    }
+
+    fn dev_settings() -> JwtSettings {
+        JwtSettings {
+            issuer: oms_devkeys::DEV_ISSUER.into(),
+            audience: oms_devkeys::DEV_AUDIENCE.into(),
+            ..settings()
+        }
+    }
+
+    #[test]
+    fn es256_and_eddsa_tokens_verify_and_name_their_subject_and_scopes() {
+        let ec = SigningKey::generate("ec").unwrap();
+        let ed = SigningKey::generate_ed25519("ed").unwrap();
+        let verifier =
+            JwtVerifier::from_jwks_json(&key_set(&[&ec, &ed]), &dev_settings(), "test").unwrap();
+        for key in [&ec, &ed] {
+            let token = key.token("alice", "orders:read", 60).unwrap();
+            let identity = verifier.verify(&token).unwrap();
+            assert_eq!(identity.subject, "alice");
+            assert!(identity.scopes.read && !identity.scopes.write);
+        }
+    }
+
+    #[test]
+    fn a_token_cannot_choose_another_algorithm_than_its_keys() {
+        let ec = SigningKey::generate("shared").unwrap();
+        let ed = SigningKey::generate_ed25519("shared").unwrap();
+        let verifier =
+            JwtVerifier::from_jwks_json(&key_set(&[&ec]), &dev_settings(), "test").unwrap();
+        // Signed with EdDSA, naming the ES256 key's id.
+        let token = ed.token("alice", "orders:read", 60).unwrap();
+        assert!(matches!(
+            verifier.verify(&token),
+            Err(TokenError::WrongAlgorithm { .. })
+        ));
+    }
+
+    #[test]
+    fn two_keys_with_one_kid_are_refused() {
+        let first = SigningKey::generate("same").unwrap();
+        let second = SigningKey::generate("same").unwrap();
+        let refused =
+            JwtVerifier::from_jwks_json(&key_set(&[&first, &second]), &dev_settings(), "t");
+        assert!(matches!(refused, Err(KeySetError::DuplicateKeyId { .. })));
+    }
+
+    #[test]
+    fn keys_we_do_not_take_are_skipped_without_stopping_the_others() {
+        let ec = SigningKey::generate("ec").unwrap();
+        let mut set: serde_json::Value = serde_json::from_str(&key_set(&[&ec])).unwrap();
+        let keys = set["keys"].as_array_mut().unwrap();
+        let mut for_encryption = keys[0].clone();
+        for_encryption["kid"] = "enc".into();
+        for_encryption["use"] = "enc".into();
+        keys.push(for_encryption);
+        keys.push(
+            serde_json::json!({"kty": "EC", "crv": "secp256k1", "kid": "k", "x": "AA", "y": "AA"}),
+        );
+        keys.push(serde_json::json!({"kty": "OKP", "crv": "X25519", "kid": "x", "x": "AA"}));
+        let verifier = JwtVerifier::from_jwks_json(&set.to_string(), &dev_settings(), "t").unwrap();
+        assert_eq!(verifier.keys.len(), 1);
+        assert!(verifier.keys.contains_key("ec"));
     }
 
     #[test]

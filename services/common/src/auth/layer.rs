@@ -104,12 +104,24 @@ impl Authenticator {
         if requirement == Requirement::Open {
             return Ok(None);
         }
-        let caller = self.identify(requirement, path, headers)?;
         // Internal APIs serve the gateway, which limited the caller already;
-        // a second, independent budget would refuse calls the first allowed.
+        // a second, independent budget would refuse calls the first allowed
+        // (and its failures would block the gateway for everyone).
         if path.starts_with(INTERNAL_API_PREFIX) {
-            return Ok(Some(caller));
+            return self.identify(requirement, path, headers).map(Some);
         }
+        // A peer that keeps sending bad tokens is refused before another
+        // signature is checked for it.
+        if let Some(wait) = peer.and_then(|peer| self.limits.peer_blocked(peer)) {
+            return Err(too_many_calls(wait));
+        }
+        let caller = self
+            .identify(requirement, path, headers)
+            .inspect_err(|status| {
+                if let (Code::Unauthenticated, Some(peer)) = (status.code(), peer) {
+                    self.limits.count_failed_auth(peer);
+                }
+            })?;
         // An authenticated caller is limited as itself, anyone else by the
         // address it calls from.
         let key = match caller.subject() {

@@ -2,8 +2,13 @@
 //! (or, with authentication off, each peer address), writes and reads
 //! apart, so one caller cannot take the capacity everyone shares.
 
+use std::collections::HashMap;
+use std::hash::Hash;
+use std::net::IpAddr;
 use std::num::NonZeroU32;
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota};
@@ -17,20 +22,30 @@ use crate::config::{ConfigError, parse_in_range};
 pub struct RateLimitConfig {
     pub writes_per_second: u32,
     pub reads_per_second: u32,
+    /// Calls refused for their token per second per peer address; beyond
+    /// it the peer's calls are refused before any signature is checked.
+    pub failed_auth_per_second: u32,
 }
 
 impl RateLimitConfig {
     pub const UNLIMITED: Self = Self {
         writes_per_second: 0,
         reads_per_second: 0,
+        failed_auth_per_second: 0,
     };
 
-    /// `RATE_LIMIT_WRITES_PER_SECOND` (default 50) and
-    /// `RATE_LIMIT_READS_PER_SECOND` (default 200), 0 to 100000.
+    /// `RATE_LIMIT_WRITES_PER_SECOND` (default 50),
+    /// `RATE_LIMIT_READS_PER_SECOND` (default 200) and
+    /// `RATE_LIMIT_FAILED_AUTH_PER_SECOND` (default 20), 0 to 100000.
     pub fn from_env() -> Result<Self, ConfigError> {
         Ok(Self {
             writes_per_second: parse_in_range("RATE_LIMIT_WRITES_PER_SECOND", 50, 0..=100_000)?,
             reads_per_second: parse_in_range("RATE_LIMIT_READS_PER_SECOND", 200, 0..=100_000)?,
+            failed_auth_per_second: parse_in_range(
+                "RATE_LIMIT_FAILED_AUTH_PER_SECOND",
+                20,
+                0..=100_000,
+            )?,
         })
     }
 }
@@ -41,19 +56,52 @@ impl RateLimitConfig {
 pub struct RateLimits {
     writes: Option<DefaultKeyedRateLimiter<String>>,
     reads: Option<DefaultKeyedRateLimiter<String>>,
+    failed_auth: Option<DefaultKeyedRateLimiter<IpAddr>>,
+    /// Peers over their failed-authentication budget, until when.
+    blocked: Mutex<HashMap<IpAddr, Instant>>,
     clock: DefaultClock,
+    checks: AtomicU64,
 }
 
-fn limiter(per_second: u32) -> Option<DefaultKeyedRateLimiter<String>> {
+fn limiter<K: Hash + Eq + Clone>(per_second: u32) -> Option<DefaultKeyedRateLimiter<K>> {
     NonZeroU32::new(per_second).map(|rate| DefaultKeyedRateLimiter::keyed(Quota::per_second(rate)))
 }
+
+/// How often the limiters forget idle callers, in checks.
+const FORGET_EVERY: u64 = 10_000;
 
 impl RateLimits {
     pub fn new(config: RateLimitConfig) -> Self {
         Self {
             writes: limiter(config.writes_per_second),
             reads: limiter(config.reads_per_second),
+            failed_auth: limiter(config.failed_auth_per_second),
+            blocked: Mutex::new(HashMap::new()),
             clock: DefaultClock::default(),
+            checks: AtomicU64::new(0),
+        }
+    }
+
+    /// How long `peer` is still refused for failing authentication too
+    /// often, if it is.
+    pub fn peer_blocked(&self, peer: IpAddr) -> Option<Duration> {
+        let blocked = self.blocked.lock().unwrap_or_else(PoisonError::into_inner);
+        let until = blocked.get(&peer)?;
+        until.checked_duration_since(Instant::now())
+    }
+
+    /// Counts a call of `peer` refused for its token; past the budget the
+    /// peer is refused until the budget refills.
+    pub fn count_failed_auth(&self, peer: IpAddr) {
+        let Some(limiter) = &self.failed_auth else {
+            return;
+        };
+        if let Err(not_until) = limiter.check_key(&peer) {
+            let wait = not_until.wait_time_from(self.clock.now());
+            let mut blocked = self.blocked.lock().unwrap_or_else(PoisonError::into_inner);
+            let now = Instant::now();
+            blocked.retain(|_, until| *until > now);
+            blocked.insert(peer, now + wait);
         }
     }
 
@@ -69,8 +117,15 @@ impl RateLimits {
             return Ok(());
         };
         // Without this the keyed state keeps every caller ever seen.
-        if limiter.len() > 10_000 {
+        if self
+            .checks
+            .fetch_add(1, Ordering::Relaxed)
+            .is_multiple_of(FORGET_EVERY)
+        {
             limiter.retain_recent();
+            if let Some(failed_auth) = &self.failed_auth {
+                failed_auth.retain_recent();
+            }
         }
         limiter
             .check_key(&caller.to_owned())
@@ -87,6 +142,7 @@ mod tests {
         let limits = RateLimits::new(RateLimitConfig {
             writes_per_second: 3,
             reads_per_second: 0,
+            failed_auth_per_second: 0,
         });
         for _ in 0..3 {
             assert!(limits.check(Requirement::Write, "alice").is_ok());
@@ -101,5 +157,23 @@ mod tests {
         for _ in 0..100 {
             assert!(limits.check(Requirement::Read, "alice").is_ok());
         }
+    }
+
+    #[test]
+    fn a_peer_failing_authentication_too_often_is_refused_for_a_while() {
+        let limits = RateLimits::new(RateLimitConfig {
+            failed_auth_per_second: 2,
+            ..RateLimitConfig::UNLIMITED
+        });
+        let (noisy, quiet): (IpAddr, IpAddr) = ([10, 0, 0, 1].into(), [10, 0, 0, 2].into());
+        limits.count_failed_auth(noisy);
+        limits.count_failed_auth(noisy);
+        assert_eq!(limits.peer_blocked(noisy), None, "within its budget");
+        limits.count_failed_auth(noisy);
+        let blocked = limits.peer_blocked(noisy).expect("over its budget");
+        assert!(blocked <= Duration::from_millis(500), "{blocked:?}");
+        assert_eq!(limits.peer_blocked(quiet), None);
+        std::thread::sleep(blocked);
+        assert_eq!(limits.peer_blocked(noisy), None, "the budget refilled");
     }
 }
