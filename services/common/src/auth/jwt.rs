@@ -1,6 +1,8 @@
 //! Verifies bearer JWTs with the issuer's public keys.
 
 use std::collections::HashMap;
+use std::sync::{Mutex, PoisonError};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use jsonwebtoken::jwk::{
     AlgorithmParameters, EllipticCurve, Jwk, KeyAlgorithm, KeyOperations, PublicKeyUse,
@@ -77,7 +79,23 @@ struct VerificationKey {
 /// token cannot pick how it is checked.
 pub struct JwtVerifier {
     keys: HashMap<String, VerificationKey>,
+    leeway_secs: u64,
+    /// Tokens verified already, by their exact text, until they expire: a
+    /// client sends one token for many calls, and a signature check costs
+    /// far more than the call.
+    verified: Mutex<HashMap<String, Verified>>,
 }
+
+struct Verified {
+    identity: Identity,
+    /// Unix seconds past which the token is no longer accepted (its `exp`
+    /// plus the leeway).
+    valid_until: u64,
+}
+
+/// Tokens remembered at most; past it the expired ones are dropped, and if
+/// that is not enough, all of them.
+const MAX_VERIFIED_TOKENS: usize = 10_000;
 
 /// The claims we read. `sub` is the customer; `scope` is RFC 9068's
 /// space-separated list.
@@ -86,6 +104,7 @@ struct Claims {
     sub: String,
     #[serde(default)]
     scope: String,
+    exp: u64,
 }
 
 impl JwtVerifier {
@@ -140,11 +159,47 @@ impl JwtVerifier {
             key_set = path,
             "token verification keys loaded"
         );
-        Ok(Self { keys })
+        Ok(Self {
+            keys,
+            leeway_secs: settings.leeway.as_secs(),
+            verified: Mutex::new(HashMap::new()),
+        })
     }
 
     /// Verifies a compact JWS and returns who it names.
     pub fn verify(&self, token: &str) -> Result<Identity, TokenError> {
+        let now = unix_now();
+        if let Some(known) = self.lock_verified().get(token)
+            && now <= known.valid_until
+        {
+            return Ok(known.identity.clone());
+        }
+        let (identity, exp) = self.check(token)?;
+        let mut verified = self.lock_verified();
+        if verified.len() >= MAX_VERIFIED_TOKENS {
+            verified.retain(|_, known| now <= known.valid_until);
+            if verified.len() >= MAX_VERIFIED_TOKENS {
+                verified.clear();
+            }
+        }
+        let valid_until = exp.saturating_add(self.leeway_secs);
+        verified.insert(
+            token.to_owned(),
+            Verified {
+                identity: identity.clone(),
+                valid_until,
+            },
+        );
+        Ok(identity)
+    }
+
+    fn lock_verified(&self) -> std::sync::MutexGuard<'_, HashMap<String, Verified>> {
+        self.verified.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Checks the token's signature and claims; returns who it names and
+    /// its `exp`.
+    fn check(&self, token: &str) -> Result<(Identity, u64), TokenError> {
         // `alg: none` and algorithms we do not know fail to parse here.
         let header = jsonwebtoken::decode_header(token).map_err(TokenError::Header)?;
         let kid = header.kid.ok_or(TokenError::MissingKeyId)?;
@@ -166,10 +221,11 @@ impl JwtVerifier {
         if claims.sub.is_empty() {
             return Err(TokenError::EmptySubject);
         }
-        Ok(Identity {
+        let identity = Identity {
             subject: claims.sub,
             scopes: Scopes::parse(&claims.scope),
-        })
+        };
+        Ok((identity, claims.exp))
     }
 }
 
@@ -216,6 +272,12 @@ fn usable_key(jwk: &Jwk) -> Option<(String, Algorithm, DecodingKey)> {
     }
     let key = DecodingKey::from_jwk(jwk).ok()?;
     Some((kid, algorithm, key))
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |since| since.as_secs())
 }
 
 fn validation(algorithm: Algorithm, settings: &JwtSettings) -> Validation {
@@ -298,6 +360,26 @@ mod tests {
             assert_eq!(identity.subject, "alice");
             assert!(identity.scopes.read && !identity.scopes.write);
         }
+    }
+
+    #[test]
+    fn a_remembered_token_still_expires_and_a_changed_one_is_checked_again() {
+        let key = SigningKey::generate("ec").unwrap();
+        let verifier =
+            JwtVerifier::from_jwks_json(&key_set(&[&key]), &dev_settings(), "t").unwrap();
+        let token = key.token("alice", "orders:read", 1).unwrap();
+        assert!(verifier.verify(&token).is_ok());
+        assert!(verifier.verify(&token).is_ok(), "remembered");
+        // The signature changed: not the remembered token.
+        let (signed, signature) = token.rsplit_once('.').unwrap();
+        let forged = format!("{signed}.{}", signature.chars().rev().collect::<String>());
+        assert!(verifier.verify(&forged).is_err());
+        // Past `exp` (leeway 0 here) the remembered token is refused too.
+        std::thread::sleep(std::time::Duration::from_millis(2100));
+        assert!(matches!(
+            verifier.verify(&token),
+            Err(TokenError::Rejected(_))
+        ));
     }
 
     #[test]
