@@ -25,6 +25,12 @@ run:
 token customer scopes="orders:read orders:write":
     @cargo run -q -p oms-devkeys -- token .dev/auth {{quote(customer)}} {{quote(scopes)}}
 
+# Makes a development CA and certificates in .dev/certs (once): ca.pem,
+# server.pem/server-key.pem for every service, client.pem/client-key.pem for
+# the gateway. README, "Security", shows how to turn TLS on with them.
+certs:
+    @cargo run -q -p oms-devkeys -- certs .dev/certs
+
 # Runs the whole test suite against a real broker and PostgreSQL, starting
 # them if needed. Extra arguments go to `cargo test`.
 test *args: infra

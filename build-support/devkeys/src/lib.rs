@@ -16,6 +16,8 @@ use jsonwebtoken::jwk::{
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};
 
+pub mod certs;
+
 // For tests that sign malformed or hostile tokens.
 pub use jsonwebtoken::{
     Algorithm as TokenAlgorithm, EncodingKey as RawEncodingKey, Header as TokenHeader, encode,
@@ -219,7 +221,7 @@ fn read(path: &Path) -> anyhow::Result<String> {
     std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))
 }
 
-fn write_private(path: &Path, contents: &str) -> anyhow::Result<()> {
+pub(crate) fn write_private(path: &Path, contents: &str) -> anyhow::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let mut file = std::fs::OpenOptions::new()

@@ -22,6 +22,10 @@ enum Command {
         #[arg(long)]
         public_dir: Option<String>,
     },
+    /// Makes a development CA and certificates in DIR unless they exist
+    /// (ca.pem, server.pem and server-key.pem for every service, client.pem
+    /// and client-key.pem for the gateway), and prints DIR.
+    Certs { dir: String },
     /// Prints a token for SUBJECT (the customer id), making the keys first if needed.
     Token {
         dir: String,
@@ -50,6 +54,10 @@ fn main() -> anyhow::Result<()> {
                 None => keys.jwks_file(),
             };
             println!("{}", jwks_file.display());
+        }
+        Command::Certs { dir } => {
+            oms_devkeys::certs::write(std::path::Path::new(&dir))?;
+            println!("{dir}");
         }
         Command::Token {
             dir,

@@ -7,7 +7,7 @@ use std::time::Duration;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use oms_common::auth::AuthConfig;
+use oms_common::grpc::ServingConfig;
 use oms_common::membership::MembershipConfig;
 use oms_common::service::ServiceConfig;
 
@@ -23,7 +23,7 @@ pub fn service_config(db: &TestDatabase, topic_prefix: &str) -> ServiceConfig {
         membership: MembershipConfig::with_instance_id(unique_instance_id()),
         shutdown_grace: Duration::from_secs(5),
         // Most tests are about something else; the auth tests turn it on.
-        auth: AuthConfig::disabled(),
+        serving: ServingConfig::for_tests(),
     }
 }
 

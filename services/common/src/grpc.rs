@@ -10,7 +10,14 @@ use tonic::service::Routes;
 use tonic::transport::server::TcpIncoming;
 use tonic_health::server::HealthReporter;
 
-use crate::auth::Authenticator;
+use std::net::SocketAddr;
+
+use tonic::transport::ServerTlsConfig;
+
+use crate::auth::{AuthConfig, Authenticator};
+use crate::config::{ConfigError, listen_addr, var};
+use crate::health::Readiness;
+use crate::tls::ServerTls;
 
 /// The largest request message the servers decode. Our requests are a few
 /// hundred bytes; anything near this is abuse.
@@ -30,7 +37,8 @@ const MAX_STREAMS_PER_CONNECTION: u32 = 10_000;
 /// reflection versions. Reflection lists health, reflection and the
 /// `served` services only, and can describe every type they use, including
 /// the `google.rpc` error details carried by errors.
-pub fn health_and_reflection_routes(served: &[&str]) -> (HealthReporter, Routes) {
+/// Also returns routes with health alone, for a plaintext health port.
+pub fn health_and_reflection_routes(served: &[&str]) -> (HealthReporter, Routes, Routes) {
     let (reporter, health) = tonic_health::server::health_reporter();
     let builder = || {
         let mut builder = tonic_reflection::server::Builder::configure()
@@ -64,24 +72,105 @@ pub fn health_and_reflection_routes(served: &[&str]) -> (HealthReporter, Routes)
         .expect("embedded descriptor sets are valid");
     (
         reporter,
-        Routes::new(health).add_service(v1).add_service(v1alpha),
+        Routes::new(health.clone())
+            .add_service(v1)
+            .add_service(v1alpha),
+        Routes::new(health),
     )
 }
 
+/// How a service's gRPC port serves, as configured: who may call it, TLS,
+/// and a plaintext health-only port.
+#[derive(Debug, Clone)]
+pub struct ServingConfig {
+    pub auth: AuthConfig,
+    pub tls: Option<ServerTls>,
+    /// `HEALTH_GRPC_ADDR`: serves `grpc.health.v1` alone, in plaintext and
+    /// without tokens, for probes that cannot speak TLS (Kubernetes' gRPC
+    /// probes) when the main port does.
+    pub health_addr: Option<SocketAddr>,
+}
+
+impl ServingConfig {
+    pub fn from_env() -> Result<Self, ConfigError> {
+        let health_addr = match var("HEALTH_GRPC_ADDR") {
+            Some(_) => Some(listen_addr("HEALTH_GRPC_ADDR", "")?),
+            None => None,
+        };
+        Ok(Self {
+            auth: AuthConfig::from_env()?,
+            tls: ServerTls::from_env()?,
+            health_addr,
+        })
+    }
+
+    /// Plaintext, nobody checked, no limits: for tests about other things.
+    pub fn for_tests() -> Self {
+        Self {
+            auth: AuthConfig::disabled(),
+            tls: None,
+            health_addr: None,
+        }
+    }
+
+    /// Reads the key set and the TLS files. Fails rather than serving open
+    /// or in plaintext by mistake.
+    pub fn load(&self) -> anyhow::Result<Serving> {
+        Ok(Serving {
+            auth: Authenticator::from_config(&self.auth)?,
+            tls: self.tls.as_ref().map(ServerTls::load).transpose()?,
+        })
+    }
+}
+
+/// How a gRPC port serves: who may call it, and over TLS or not.
+#[derive(Clone)]
+pub struct Serving {
+    pub auth: Authenticator,
+    pub tls: Option<ServerTlsConfig>,
+}
+
+/// Serves health alone in plaintext on `HEALTH_GRPC_ADDR`, when set, until
+/// `stop`: the port probes use when the main one speaks TLS.
+pub fn spawn_health_port(config: &ServingConfig, readiness: &Readiness, stop: CancellationToken) {
+    let Some(addr) = config.health_addr else {
+        return;
+    };
+    let health = readiness.health_only_routes();
+    tokio::spawn(async move {
+        let served = async {
+            let listener = TcpListener::bind(addr).await?;
+            tonic::transport::Server::builder()
+                .add_routes(health)
+                .serve_with_incoming_shutdown(TcpIncoming::from(listener), stop.cancelled_owned())
+                .await?;
+            anyhow::Ok(())
+        };
+        if let Err(err) = served.await {
+            tracing::error!(%addr, error = %err, "the health port (HEALTH_GRPC_ADDR) stopped");
+        }
+    });
+}
+
 /// Serves `routes` on `listener` until `stop` is cancelled, then lets
-/// in-flight calls finish. Every call passes `auth` first.
+/// in-flight calls finish. Every call passes the authentication layer
+/// first.
 pub async fn serve(
     listener: TcpListener,
     routes: Routes,
-    auth: Authenticator,
+    serving: Serving,
     stop: CancellationToken,
 ) -> Result<(), tonic::transport::Error> {
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-    tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = serving.tls {
+        builder = builder.tls_config(tls)?;
+    }
+    builder
         .timeout(SERVER_TIMEOUT)
         .concurrency_limit_per_connection(MAX_CONCURRENT_REQUESTS_PER_CONNECTION)
         .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
-        .layer(auth.layer())
+        .layer(serving.auth.layer())
         .add_routes(routes)
         .serve_with_incoming_shutdown(incoming, stop.cancelled_owned())
         .await

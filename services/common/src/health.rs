@@ -23,6 +23,8 @@ const PROBE_INTERVAL: Duration = Duration::from_secs(1);
 pub struct Readiness {
     reporter: HealthReporter,
     service_names: Arc<[String]>,
+    /// Health alone, for a plaintext health port.
+    health_only: Routes,
 }
 
 impl Readiness {
@@ -36,9 +38,10 @@ impl Readiness {
             .copied()
             .filter(|name| name.contains('.'))
             .collect();
-        let (reporter, routes) = grpc::health_and_reflection_routes(&grpc_services);
+        let (reporter, routes, health_only) = grpc::health_and_reflection_routes(&grpc_services);
         let readiness = Self {
             reporter,
+            health_only,
             service_names: service_names
                 .iter()
                 .map(|name| (*name).to_owned())
@@ -46,6 +49,11 @@ impl Readiness {
         };
         readiness.set_serving(false).await;
         (readiness, routes)
+    }
+
+    /// Routes serving health alone, with the same statuses.
+    pub fn health_only_routes(&self) -> Routes {
+        self.health_only.clone()
     }
 
     pub async fn set_serving(&self, serving: bool) {

@@ -21,4 +21,5 @@ pub mod service;
 pub mod shutdown;
 pub mod supervisor;
 pub mod telemetry;
+pub mod tls;
 pub mod topics;

@@ -16,10 +16,10 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tonic::service::Routes;
 
-use crate::auth::{AuthConfig, Authenticator};
 use crate::config::{ConfigError, DatabaseConfig, KafkaConfig, listen_addr};
 use crate::consumer::{Consumer, ConsumerStats, EventHandler, FetchSettings};
 use crate::db::{self, DbPool};
+use crate::grpc::ServingConfig;
 use crate::health::Readiness;
 use crate::kafka::{self, Producer};
 use crate::membership::{Membership, MembershipConfig};
@@ -35,7 +35,7 @@ pub struct ServiceConfig {
     pub kafka: KafkaConfig,
     pub membership: MembershipConfig,
     pub shutdown_grace: Duration,
-    pub auth: AuthConfig,
+    pub serving: ServingConfig,
 }
 
 impl ServiceConfig {
@@ -52,7 +52,7 @@ impl ServiceConfig {
             kafka: KafkaConfig::from_env()?,
             membership: MembershipConfig::from_env()?,
             shutdown_grace: shutdown::grace_period()?,
-            auth: AuthConfig::from_env()?,
+            serving: ServingConfig::from_env()?,
         })
     }
 }
@@ -101,15 +101,16 @@ impl<H: EventHandler> EventService<H> {
     ) -> anyhow::Result<()> {
         let mut health_names = vec![self.name];
         health_names.extend(&self.grpc_services);
-        // Before serving anything: a key set that cannot be read stops the
-        // service rather than leaving it open.
-        let auth = Authenticator::from_config(&config.auth)?;
+        // Before serving anything: a key set or certificate that cannot be
+        // read stops the service rather than leaving it open.
+        let serving = config.serving.load()?;
         let (readiness, routes) = Readiness::new(&health_names).await;
         let server_stop = CancellationToken::new();
+        grpc::spawn_health_port(&config.serving, &readiness, server_stop.clone());
         let server = tokio::spawn(grpc::serve(
             listener,
             add_routes(routes),
-            auth,
+            serving,
             server_stop.clone(),
         ));
 

@@ -10,14 +10,15 @@ use tokio::sync::OnceCell;
 use tokio_util::sync::CancellationToken;
 
 use oms_api::orders::v1::order_service_server::OrderServiceServer;
-use oms_common::auth::{AuthConfig, Authenticator};
 use oms_common::batching::BatchingProducer;
 use oms_common::config::{ConfigError, KafkaConfig, listen_addr, var};
+use oms_common::grpc::ServingConfig;
 use oms_common::grpc::{self, MAX_REQUEST_BYTES};
 use oms_common::health::Readiness;
 use oms_common::kafka::{self, Producer};
 use oms_common::retry::retry_until_ok;
 use oms_common::shutdown;
+use oms_common::tls::ClientTls;
 use oms_common::topics::{ORDER_CREATED, TopicNames};
 
 use crate::service::Gateway;
@@ -41,7 +42,9 @@ pub struct GatewayConfig {
     /// The least time between two produce requests of a partition; records
     /// arriving sooner share the next request.
     pub produce_linger: Duration,
-    pub auth: AuthConfig,
+    pub serving: ServingConfig,
+    /// TLS towards the order service (`ORDER_SERVICE_CA_FILE` and friends).
+    pub order_service_tls: Option<ClientTls>,
     pub watch_limits: WatchLimitConfig,
 }
 
@@ -49,8 +52,20 @@ impl GatewayConfig {
     pub fn from_env() -> Result<Self, ConfigError> {
         let order_service_url =
             var("ORDER_SERVICE_URL").unwrap_or_else(|| "http://127.0.0.1:50052".into());
-        parse_targets(&order_service_url)
+        let targets = parse_targets(&order_service_url)
             .map_err(|err| ConfigError::new("ORDER_SERVICE_URL", &order_service_url, err))?;
+        let order_service_tls = ClientTls::from_env("ORDER_SERVICE")?;
+        // TLS is all or nothing, and the URL says which.
+        if targets
+            .iter()
+            .any(|t| t.is_https() != order_service_tls.is_some())
+        {
+            return Err(ConfigError::new(
+                "ORDER_SERVICE_URL",
+                &order_service_url,
+                "use https:// URLs exactly when ORDER_SERVICE_CA_FILE is set",
+            ));
+        }
         Ok(Self {
             grpc_addr: listen_addr("GATEWAY_GRPC_ADDR", "0.0.0.0:50051")?,
             order_service_url,
@@ -66,7 +81,8 @@ impl GatewayConfig {
                 2_000,
                 0..=100_000,
             )?),
-            auth: AuthConfig::from_env()?,
+            serving: ServingConfig::from_env()?,
+            order_service_tls,
             watch_limits: WatchLimitConfig::from_env()?,
         })
     }
@@ -99,7 +115,12 @@ impl Application {
         let topic = TopicNames::new(config.kafka.topic_prefix.clone()).name(ORDER_CREATED);
         let targets = parse_targets(&config.order_service_url)
             .map_err(|err| anyhow::anyhow!("invalid ORDER_SERVICE_URL: {err}"))?;
-        let orders = OrderService::connect(targets).await;
+        let tls = config
+            .order_service_tls
+            .as_ref()
+            .map(ClientTls::load)
+            .transpose()?;
+        let orders = OrderService::connect(targets, tls).await;
         tokio::spawn(Arc::clone(&orders).keep_resolving(shutdown.clone()));
         let producer = Arc::new(OnceCell::new());
         let gateway = Gateway {
@@ -110,18 +131,19 @@ impl Application {
             watches: WatchLimits::new(config.watch_limits),
         };
 
-        // Before serving anything: a key set that cannot be read stops the
-        // gateway rather than leaving it open.
-        let auth = Authenticator::from_config(&config.auth)?;
+        // Before serving anything: a key set or certificate that cannot be
+        // read stops the gateway rather than leaving it open.
+        let serving = config.serving.load()?;
         let (readiness, routes) = Readiness::new(&[SERVICE_NAME, "orders.v1.OrderService"]).await;
         let routes = routes.add_service(
             OrderServiceServer::new(gateway).max_decoding_message_size(MAX_REQUEST_BYTES),
         );
         let server_stop = CancellationToken::new();
+        grpc::spawn_health_port(&config.serving, &readiness, server_stop.clone());
         let server = tokio::spawn(grpc::serve(
             self.listener,
             routes,
-            auth,
+            serving,
             server_stop.clone(),
         ));
 

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 use tonic::{Code, Status};
 
 use oms_api::orders::internal::v1::order_query_service_client::OrderQueryServiceClient;
@@ -37,6 +37,12 @@ pub struct Target {
     scheme: String,
     host: String,
     port: u16,
+}
+
+impl Target {
+    pub fn is_https(&self) -> bool {
+        self.scheme == "https"
+    }
 }
 
 /// Parses `ORDER_SERVICE_URL`: one or more `http://host:port` URLs,
@@ -82,11 +88,20 @@ struct Instance {
 }
 
 impl Instance {
-    fn new(scheme: &str, addr: SocketAddr) -> Self {
+    fn new(scheme: &str, addr: SocketAddr, tls: Option<&ClientTlsConfig>) -> Self {
         let uri = format!("{scheme}://{addr}");
         let channel = || {
-            Endpoint::from_shared(uri.clone())
-                .expect("an address makes a valid URI")
+            let endpoint =
+                Endpoint::from_shared(uri.clone()).expect("an address makes a valid URI");
+            let endpoint = match tls {
+                // Only fails for a URL that is not https, which the
+                // configuration refuses.
+                Some(tls) => endpoint
+                    .tls_config(tls.clone())
+                    .expect("TLS goes with https URLs"),
+                None => endpoint,
+            };
+            endpoint
                 .connect_timeout(Duration::from_secs(2))
                 .timeout(Duration::from_secs(5))
                 .tcp_nodelay(true)
@@ -123,6 +138,7 @@ impl Instance {
 /// The order-service instances and the next one to call.
 pub struct OrderService {
     targets: Vec<Target>,
+    tls: Option<ClientTlsConfig>,
     instances: RwLock<Vec<Arc<Instance>>>,
     next: AtomicUsize,
 }
@@ -130,9 +146,10 @@ pub struct OrderService {
 impl OrderService {
     /// Resolves `targets` once; names that do not resolve yet are tried
     /// again by `keep_resolving`.
-    pub async fn connect(targets: Vec<Target>) -> Arc<Self> {
+    pub async fn connect(targets: Vec<Target>, tls: Option<ClientTlsConfig>) -> Arc<Self> {
         let service = Arc::new(Self {
             targets,
+            tls,
             instances: RwLock::new(Vec::new()),
             next: AtomicUsize::new(0),
         });
@@ -188,7 +205,7 @@ impl OrderService {
                     .iter()
                     .find(|i| i.addr == addr)
                     .cloned()
-                    .unwrap_or_else(|| Arc::new(Instance::new(&scheme, addr)))
+                    .unwrap_or_else(|| Arc::new(Instance::new(&scheme, addr, self.tls.as_ref())))
             })
             .collect();
     }
@@ -296,6 +313,7 @@ mod tests {
     async fn calls_rotate_and_skip_an_instance_that_cannot_be_reached() {
         let service = OrderService::connect(
             parse_targets("http://127.0.0.1:1,http://127.0.0.1:2,http://127.0.0.1:3").unwrap(),
+            None,
         )
         .await;
         // Instance :2 is "down": its calls fail as unreachable.

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use futures::future::{BoxFuture, FutureExt};
 use tonic::metadata::AsciiMetadataValue;
-use tonic::transport::server::TcpConnectInfo;
+use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 use tower::{Layer, Service};
@@ -70,11 +70,7 @@ where
     }
 
     fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
-        let peer = request
-            .extensions()
-            .get::<TcpConnectInfo>()
-            .and_then(TcpConnectInfo::remote_addr)
-            .map(|addr| addr.ip());
+        let peer = peer_of(request.extensions());
         match self
             .authenticator
             .admit(request.uri().path(), request.headers(), peer)
@@ -173,6 +169,17 @@ impl Authenticator {
             credentials,
         ))
     }
+}
+
+/// The caller's address, over TLS or not.
+fn peer_of(extensions: &http::Extensions) -> Option<IpAddr> {
+    let tcp = extensions.get::<TcpConnectInfo>().or_else(|| {
+        extensions
+            .get::<TlsConnectInfo<TcpConnectInfo>>()
+            .map(TlsConnectInfo::get_ref)
+    });
+    tcp.and_then(TcpConnectInfo::remote_addr)
+        .map(|addr| addr.ip())
 }
 
 /// RESOURCE_EXHAUSTED with a `google.rpc.RetryInfo` saying when to retry.

@@ -11,7 +11,7 @@ use diesel_async::RunQueryDsl;
 use gateway::watch_limits::WatchLimitConfig;
 use gateway::{Application, GatewayConfig};
 use oms_api::orders::v1::order_service_client::OrderServiceClient;
-use oms_common::auth::AuthConfig;
+use oms_common::grpc::ServingConfig;
 use oms_common::topics::TopicNames;
 use oms_testkit::service::{RunningService, service_config};
 use oms_testkit::{TestDatabase, kafka, unique_topic_prefix};
@@ -28,7 +28,8 @@ pub fn gateway_config(prefix: &str, order_service: Option<SocketAddr>) -> Gatewa
         shutdown_grace: Duration::from_secs(5),
         publish_timeout: Duration::from_secs(5),
         produce_linger: Duration::from_millis(1),
-        auth: AuthConfig::disabled(),
+        serving: ServingConfig::for_tests(),
+        order_service_tls: None,
         watch_limits: WatchLimitConfig::default(),
     }
 }
