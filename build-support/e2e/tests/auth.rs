@@ -599,6 +599,45 @@ async fn only_a_valid_token_with_the_right_scope_reaches_only_its_own_records() 
         Code::InvalidArgument,
     );
 
+    // The request limits hold for an authenticated caller too.
+    let listed = gateway
+        .clone()
+        .list_orders(bearer(
+            ListOrdersRequest {
+                page_size: -1,
+                ..list("")
+            },
+            &alice,
+        ))
+        .await;
+    table.check(
+        "a negative page size",
+        code_of(&listed),
+        Code::InvalidArgument,
+    );
+    let mut huge = order_request("alice", "");
+    huge.product_id = "p".repeat(100_000);
+    let created = gateway.clone().create_order(bearer(huge, &alice)).await;
+    table.check(
+        "a message over the size limit",
+        code_of(&created),
+        Code::OutOfRange,
+    );
+    let mut padded = bearer(get(&alices.order_id), &alice);
+    let padding: tonic::metadata::MetadataValue<_> = "x".repeat(32 * 1024).parse().expect("ascii");
+    padded.metadata_mut().insert("x-padding", padding);
+    let read = gateway.clone().get_order(padded).await;
+    // HTTP 431 (headers too large), before any handler runs.
+    table.check("metadata over the limit", code_of(&read), Code::Unknown);
+    if let Err(status) = &read {
+        assert!(status.message().contains("431"), "{status:?}");
+    }
+    let after = gateway
+        .clone()
+        .get_order(bearer(get(&alices.order_id), &alice))
+        .await;
+    table.check("a call after the oversized one", code_of(&after), Code::Ok);
+
     // Probes and discovery stay open.
     for name in [GATEWAY, ORDER, PAYMENT, NOTIFICATION] {
         let health = grpc::health(system.addr(name), name).await;

@@ -345,6 +345,7 @@ impl Pipeline {
         let config = DatabaseConfig {
             url: url.clone(),
             pool_size: partitions.max(1) as u32 + 1,
+            read_pool_size: 1,
         };
         let payments = db::pool(&config, payment, BENCHMARK_INSTANCE);
         Ok(Self {

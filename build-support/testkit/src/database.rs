@@ -53,6 +53,7 @@ impl TestDatabase {
         DatabaseConfig {
             url: self.url.clone(),
             pool_size: 5,
+            read_pool_size: 2,
         }
     }
 

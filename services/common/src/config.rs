@@ -255,7 +255,10 @@ impl fmt::Display for DatabaseUrl {
 #[derive(Debug, Clone)]
 pub struct DatabaseConfig {
     pub url: DatabaseUrl,
+    /// Connections for the consumers, the relay and the workers.
     pub pool_size: u32,
+    /// Connections for gRPC reads and watches, apart from the above.
+    pub read_pool_size: u32,
 }
 
 impl DatabaseConfig {
@@ -265,6 +268,7 @@ impl DatabaseConfig {
         Ok(Self {
             url: DatabaseUrl::from_env(specific)?,
             pool_size: parse_in_range("DATABASE_POOL_SIZE", 10, 1..=200)?,
+            read_pool_size: parse_in_range("DATABASE_READ_POOL_SIZE", 4, 1..=200)?,
         })
     }
 }

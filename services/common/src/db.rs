@@ -48,10 +48,31 @@ pub enum DbError {
 /// outbox rows and pending payments default to it, so each instance
 /// publishes and settles what it wrote (see `membership`).
 pub fn pool(config: &DatabaseConfig, schema: &'static str, instance_id: &str) -> DbPool {
+    build_pool(config.pool_size, config, schema, schema, instance_id)
+}
+
+/// A pool of its own for gRPC reads and watches, `DATABASE_READ_POOL_SIZE`
+/// connections, so that a flood of reads waits for these and never takes
+/// the connections the consumers, the relay and the settlement need (and
+/// the other way round). Its connections are named `<schema> reads` in
+/// `pg_stat_activity`.
+pub fn read_pool(config: &DatabaseConfig, schema: &'static str, instance_id: &str) -> DbPool {
+    let name = format!("{schema} reads");
+    build_pool(config.read_pool_size, config, schema, &name, instance_id)
+}
+
+fn build_pool(
+    size: u32,
+    config: &DatabaseConfig,
+    schema: &str,
+    application_name: &str,
+    instance_id: &str,
+) -> DbPool {
     // A transaction left idle (its process paused or frozen mid-way) is
     // ended by the server, so the lease rows it locked can be taken over.
     let setup = format!(
         "SET search_path TO {schema}; SET oms.instance_id TO '{}'; \
+         SET application_name TO '{application_name}'; \
          SET idle_in_transaction_session_timeout TO '{}ms'",
         instance_id.replace('\'', "''"),
         IDLE_IN_TRANSACTION_TIMEOUT.as_millis()
@@ -62,7 +83,7 @@ pub fn pool(config: &DatabaseConfig, schema: &'static str, instance_id: &str) ->
     let manager =
         AsyncDieselConnectionManager::new_with_config(config.url.expose(), manager_config);
     bb8::Pool::builder()
-        .max_size(config.pool_size)
+        .max_size(size)
         .connection_timeout(CONNECTION_TIMEOUT)
         .build_unchecked(manager)
 }

@@ -23,6 +23,10 @@ use crate::tls::ServerTls;
 /// hundred bytes; anything near this is abuse.
 pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
 
+/// The most metadata (HTTP/2 header list) a call may carry: a bearer token
+/// is under 2 KiB, and a larger list only costs memory.
+pub const MAX_METADATA_BYTES: u32 = 16 * 1024;
+
 /// Requests one connection may have in flight; more wait their turn, so one
 /// client cannot pile up unbounded work. A streaming call counts only until
 /// its response starts.
@@ -170,6 +174,7 @@ pub async fn serve(
         .timeout(SERVER_TIMEOUT)
         .concurrency_limit_per_connection(MAX_CONCURRENT_REQUESTS_PER_CONNECTION)
         .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
+        .http2_max_header_list_size(MAX_METADATA_BYTES)
         .layer(serving.auth.layer())
         .add_routes(routes)
         .serve_with_incoming_shutdown(incoming, stop.cancelled_owned())

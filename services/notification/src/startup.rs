@@ -54,7 +54,12 @@ impl Application {
             SCHEMA,
             &self.config.membership.instance_id,
         );
-        let queries = NotificationServiceServer::new(NotificationQueries { pool: pool.clone() })
+        let reads = db::read_pool(
+            &self.config.database,
+            SCHEMA,
+            &self.config.membership.instance_id,
+        );
+        let queries = NotificationServiceServer::new(NotificationQueries { pool: reads })
             .max_decoding_message_size(MAX_REQUEST_BYTES);
         let service = EventService {
             name: SERVICE_NAME,

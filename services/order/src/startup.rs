@@ -53,7 +53,12 @@ impl Application {
             SCHEMA,
             &self.config.membership.instance_id,
         );
-        let changes = OrderChanges::new(pool.clone());
+        let reads = db::read_pool(
+            &self.config.database,
+            SCHEMA,
+            &self.config.membership.instance_id,
+        );
+        let changes = OrderChanges::new(reads.clone());
         // Supervised with the consumers; a listener that (re)starts reads
         // every watched order again, so watchers miss nothing meanwhile.
         let listener = {
@@ -64,7 +69,7 @@ impl Application {
             }
         };
         let queries = OrderQueryServiceServer::new(OrderQueries {
-            pool: pool.clone(),
+            pool: reads,
             changes,
             shutdown: shutdown.clone(),
         })

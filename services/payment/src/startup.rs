@@ -74,7 +74,12 @@ impl Application {
             SCHEMA,
             &self.config.service.membership.instance_id,
         );
-        let queries = PaymentServiceServer::new(PaymentQueries { pool: pool.clone() })
+        let reads = db::read_pool(
+            &self.config.service.database,
+            SCHEMA,
+            &self.config.service.membership.instance_id,
+        );
+        let queries = PaymentServiceServer::new(PaymentQueries { pool: reads })
             .max_decoding_message_size(MAX_REQUEST_BYTES);
         let relay_wakeup = Arc::new(Notify::new());
         let settlement = Arc::new(Settlement {
