@@ -90,9 +90,13 @@ async fn tls_and_mutual_tls_admit_only_the_right_peers() {
     gateway_env.extend([
         ("GATEWAY_GRPC_ADDR", gateway.to_string()),
         ("HEALTH_GRPC_ADDR", gateway_health.to_string()),
-        ("ORDER_SERVICE_URL", format!("https://{order}")),
+        // The certificate names localhost, the URL's host: no
+        // ORDER_SERVICE_TLS_NAME needed.
+        (
+            "ORDER_SERVICE_URL",
+            format!("https://localhost:{}", order.port()),
+        ),
         ("ORDER_SERVICE_CA_FILE", path(&ours.ca_cert)),
-        ("ORDER_SERVICE_TLS_NAME", "order-service".to_owned()),
         ("ORDER_SERVICE_CERT_FILE", path(&ours.client_cert)),
         ("ORDER_SERVICE_KEY_FILE", path(&ours.client_key)),
     ]);

@@ -268,7 +268,7 @@ impl DatabaseConfig {
         Ok(Self {
             url: DatabaseUrl::from_env(specific)?,
             pool_size: parse_in_range("DATABASE_POOL_SIZE", 10, 1..=200)?,
-            read_pool_size: parse_in_range("DATABASE_READ_POOL_SIZE", 4, 1..=200)?,
+            read_pool_size: parse_in_range("DATABASE_READ_POOL_SIZE", 3, 1..=200)?,
         })
     }
 }

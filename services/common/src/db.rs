@@ -61,6 +61,18 @@ pub fn read_pool(config: &DatabaseConfig, schema: &'static str, instance_id: &st
     build_pool(config.read_pool_size, config, schema, &name, instance_id)
 }
 
+/// A pool of `size` connections named `application_name`, for a service's
+/// own use beside the two above.
+pub fn named_pool(
+    size: u32,
+    config: &DatabaseConfig,
+    schema: &'static str,
+    application_name: &str,
+    instance_id: &str,
+) -> DbPool {
+    build_pool(size, config, schema, application_name, instance_id)
+}
+
 fn build_pool(
     size: u32,
     config: &DatabaseConfig,

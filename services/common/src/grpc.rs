@@ -135,25 +135,32 @@ pub struct Serving {
 }
 
 /// Serves health alone in plaintext on `HEALTH_GRPC_ADDR`, when set, until
-/// `stop`: the port probes use when the main one speaks TLS.
-pub fn spawn_health_port(config: &ServingConfig, readiness: &Readiness, stop: CancellationToken) {
+/// `stop`: the port probes use when the main one speaks TLS. The port is
+/// bound here, so a taken or bad address stops start-up.
+pub async fn spawn_health_port(
+    config: &ServingConfig,
+    readiness: &Readiness,
+    stop: CancellationToken,
+) -> anyhow::Result<()> {
     let Some(addr) = config.health_addr else {
-        return;
+        return Ok(());
     };
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|err| anyhow::anyhow!("failed to bind HEALTH_GRPC_ADDR {addr}: {err}"))?;
     let health = readiness.health_only_routes();
     tokio::spawn(async move {
-        let served = async {
-            let listener = TcpListener::bind(addr).await?;
-            tonic::transport::Server::builder()
-                .add_routes(health)
-                .serve_with_incoming_shutdown(TcpIncoming::from(listener), stop.cancelled_owned())
-                .await?;
-            anyhow::Ok(())
-        };
-        if let Err(err) = served.await {
+        let served = tonic::transport::Server::builder()
+            .concurrency_limit_per_connection(MAX_CONCURRENT_REQUESTS_PER_CONNECTION)
+            .http2_max_header_list_size(MAX_METADATA_BYTES)
+            .add_routes(health)
+            .serve_with_incoming_shutdown(TcpIncoming::from(listener), stop.cancelled_owned())
+            .await;
+        if let Err(err) = served {
             tracing::error!(%addr, error = %err, "the health port (HEALTH_GRPC_ADDR) stopped");
         }
     });
+    Ok(())
 }
 
 /// Serves `routes` on `listener` until `stop` is cancelled, then lets
@@ -187,6 +194,13 @@ pub async fn serve(
 pub fn database_error_status(err: &crate::db::DbError) -> tonic::Status {
     use crate::db::DbError;
     match err {
+        // Every connection stayed busy (or none could be opened) for the
+        // checkout timeout. Not UNAVAILABLE: the gateway takes that to mean
+        // the instance is gone and avoids it for everyone.
+        DbError::Pool(bb8::RunError::TimedOut) => {
+            tracing::warn!(error = %err, "no database connection free in time");
+            tonic::Status::resource_exhausted("the service is busy, retry later")
+        }
         DbError::Pool(_) | DbError::Connect(_) => {
             tracing::warn!(error = %err, "database unavailable");
             tonic::Status::unavailable("the database is unavailable, retry later")

@@ -106,7 +106,7 @@ impl<H: EventHandler> EventService<H> {
         let serving = config.serving.load()?;
         let (readiness, routes) = Readiness::new(&health_names).await;
         let server_stop = CancellationToken::new();
-        grpc::spawn_health_port(&config.serving, &readiness, server_stop.clone());
+        grpc::spawn_health_port(&config.serving, &readiness, server_stop.clone()).await?;
         let server = tokio::spawn(grpc::serve(
             listener,
             add_routes(routes),

@@ -3,8 +3,9 @@
 //! (mutual TLS), and the gateway's client side towards the order service.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
-use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
+use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity, ServerTlsConfig};
 
 use crate::config::{ConfigError, var};
 
@@ -18,19 +19,43 @@ pub struct ServerTls {
     pub client_ca_file: Option<PathBuf>,
 }
 
-/// A TLS file that cannot be used. Start-up fails with it.
+/// The longest a client may take to finish its TLS handshake: pending
+/// handshakes hold memory, so a client that opens connections and never
+/// completes one must not pile them up.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// TLS settings that cannot be used. Start-up fails with it, rather than
+/// serving a port that refuses every handshake.
 #[derive(Debug, thiserror::Error)]
-#[error("cannot read {path}: {source}")]
-pub struct TlsFileError {
-    path: String,
-    source: std::io::Error,
+pub enum TlsFileError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{path} holds no PEM certificate")]
+    NoCertificate { path: String },
+    #[error("the TLS settings cannot be used: {0}")]
+    Unusable(String),
 }
 
 fn read(path: &PathBuf) -> Result<Vec<u8>, TlsFileError> {
-    std::fs::read(path).map_err(|source| TlsFileError {
+    std::fs::read(path).map_err(|source| TlsFileError::Read {
         path: path.display().to_string(),
         source,
     })
+}
+
+/// A file of certificates, which must hold at least one: tonic skips what
+/// it cannot parse, and a CA file of none would trust nobody.
+fn read_certificates(path: &PathBuf) -> Result<Vec<u8>, TlsFileError> {
+    let pem = read(path)?;
+    if !String::from_utf8_lossy(&pem).contains("-----BEGIN CERTIFICATE-----") {
+        return Err(TlsFileError::NoCertificate {
+            path: path.display().to_string(),
+        });
+    }
+    Ok(pem)
 }
 
 impl ServerTls {
@@ -63,13 +88,21 @@ impl ServerTls {
         }
     }
 
-    /// Reads the files into tonic's configuration.
+    /// Reads the files into tonic's configuration, and builds it once to
+    /// find a key that does not match its certificate, or anything else
+    /// rustls refuses, now.
     pub fn load(&self) -> Result<ServerTlsConfig, TlsFileError> {
-        let identity = Identity::from_pem(read(&self.cert_file)?, read(&self.key_file)?);
-        let mut config = ServerTlsConfig::new().identity(identity);
+        let identity =
+            Identity::from_pem(read_certificates(&self.cert_file)?, read(&self.key_file)?);
+        let mut config = ServerTlsConfig::new()
+            .identity(identity)
+            .timeout(HANDSHAKE_TIMEOUT);
         if let Some(ca) = &self.client_ca_file {
-            config = config.client_ca_root(Certificate::from_pem(read(ca)?));
+            config = config.client_ca_root(Certificate::from_pem(read_certificates(ca)?));
         }
+        tonic::transport::Server::builder()
+            .tls_config(config.clone())
+            .map_err(|err| TlsFileError::Unusable(format!("{err:?}")))?;
         Ok(config)
     }
 }
@@ -120,15 +153,96 @@ impl ClientTls {
         }))
     }
 
-    pub fn load(&self) -> Result<ClientTlsConfig, TlsFileError> {
-        let mut config =
-            ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read(&self.ca_file)?));
-        if let Some(name) = &self.server_name {
-            config = config.domain_name(name.clone());
-        }
+    /// Reads the files, and builds a connection setting once to find
+    /// anything rustls refuses now rather than at the first call.
+    pub fn load(&self) -> Result<LoadedClientTls, TlsFileError> {
+        let mut config = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(read_certificates(&self.ca_file)?));
         if let (Some(cert), Some(key)) = (&self.cert_file, &self.key_file) {
-            config = config.identity(Identity::from_pem(read(cert)?, read(key)?));
+            config = config.identity(Identity::from_pem(read_certificates(cert)?, read(key)?));
         }
-        Ok(config)
+        let loaded = LoadedClientTls {
+            config,
+            server_name: self.server_name.clone(),
+        };
+        loaded.endpoint("https://localhost", "localhost")?;
+        Ok(loaded)
+    }
+}
+
+/// Client TLS settings read and checked, ready for any server.
+#[derive(Debug, Clone)]
+pub struct LoadedClientTls {
+    config: ClientTlsConfig,
+    server_name: Option<String>,
+}
+
+impl LoadedClientTls {
+    /// An endpoint for `uri` over TLS. The server's certificate must name
+    /// the configured server name, or else `host`: the host name the
+    /// address came from, since the endpoint itself is an address.
+    pub fn endpoint(&self, uri: &str, host: &str) -> Result<Endpoint, TlsFileError> {
+        let name = self.server_name.as_deref().unwrap_or(host);
+        Endpoint::from_shared(uri.to_owned())
+            .and_then(|endpoint| endpoint.tls_config(self.config.clone().domain_name(name)))
+            .map_err(|err| TlsFileError::Unusable(format!("{err:?}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn certificates() -> (PathBuf, oms_devkeys::certs::CertFiles) {
+        let dir =
+            std::env::temp_dir().join(format!("oms-tls-unit-{}", uuid::Uuid::new_v4().simple()));
+        let files = oms_devkeys::certs::write(&dir).unwrap();
+        (dir, files)
+    }
+
+    #[test]
+    fn settings_rustls_would_refuse_stop_start_up() {
+        let (dir, files) = certificates();
+        let good = ServerTls {
+            cert_file: files.server_cert.clone(),
+            key_file: files.server_key.clone(),
+            client_ca_file: Some(files.ca_cert.clone()),
+        };
+        assert!(good.load().is_ok());
+        // The client's key with the server's certificate.
+        let mismatched = ServerTls {
+            key_file: files.client_key.clone(),
+            ..good.clone()
+        };
+        assert!(matches!(mismatched.load(), Err(TlsFileError::Unusable(_))));
+        // A CA file that holds no certificate would trust nobody.
+        let empty = dir.join("empty.pem");
+        std::fs::write(&empty, "no certificate here").unwrap();
+        let no_ca = ServerTls {
+            client_ca_file: Some(empty.clone()),
+            ..good
+        };
+        assert!(matches!(
+            no_ca.load(),
+            Err(TlsFileError::NoCertificate { .. })
+        ));
+        let client = ClientTls {
+            ca_file: empty,
+            server_name: None,
+            cert_file: None,
+            key_file: None,
+        };
+        assert!(matches!(
+            client.load(),
+            Err(TlsFileError::NoCertificate { .. })
+        ));
+        let client = ClientTls {
+            ca_file: files.ca_cert.clone(),
+            server_name: None,
+            cert_file: Some(files.client_cert.clone()),
+            key_file: Some(files.server_key.clone()),
+        };
+        assert!(matches!(client.load(), Err(TlsFileError::Unusable(_))));
+        std::fs::remove_dir_all(dir).unwrap();
     }
 }

@@ -139,7 +139,7 @@ impl Application {
             OrderServiceServer::new(gateway).max_decoding_message_size(MAX_REQUEST_BYTES),
         );
         let server_stop = CancellationToken::new();
-        grpc::spawn_health_port(&config.serving, &readiness, server_stop.clone());
+        grpc::spawn_health_port(&config.serving, &readiness, server_stop.clone()).await?;
         let server = tokio::spawn(grpc::serve(
             self.listener,
             routes,

@@ -17,7 +17,9 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
+use tonic::transport::{Channel, Endpoint};
+
+use oms_common::tls::{LoadedClientTls, TlsFileError};
 use tonic::{Code, Status};
 
 use oms_api::orders::internal::v1::order_query_service_client::OrderQueryServiceClient;
@@ -88,20 +90,21 @@ struct Instance {
 }
 
 impl Instance {
-    fn new(scheme: &str, addr: SocketAddr, tls: Option<&ClientTlsConfig>) -> Self {
+    /// An instance at `addr`, resolved from `host`; over TLS when `tls` is
+    /// given (the configuration then made every URL https).
+    fn new(
+        scheme: &str,
+        host: &str,
+        addr: SocketAddr,
+        tls: Option<&LoadedClientTls>,
+    ) -> Result<Self, TlsFileError> {
         let uri = format!("{scheme}://{addr}");
-        let channel = || {
-            let endpoint =
-                Endpoint::from_shared(uri.clone()).expect("an address makes a valid URI");
+        let channel = || -> Result<Channel, TlsFileError> {
             let endpoint = match tls {
-                // Only fails for a URL that is not https, which the
-                // configuration refuses.
-                Some(tls) => endpoint
-                    .tls_config(tls.clone())
-                    .expect("TLS goes with https URLs"),
-                None => endpoint,
+                Some(tls) => tls.endpoint(&uri, host)?,
+                None => Endpoint::from_shared(uri.clone()).expect("an address makes a valid URI"),
             };
-            endpoint
+            Ok(endpoint
                 .connect_timeout(Duration::from_secs(2))
                 .timeout(Duration::from_secs(5))
                 .tcp_nodelay(true)
@@ -110,14 +113,14 @@ impl Instance {
                 .http2_keep_alive_interval(Duration::from_secs(10))
                 .keep_alive_timeout(Duration::from_secs(5))
                 .keep_alive_while_idle(true)
-                .connect_lazy()
+                .connect_lazy())
         };
-        Self {
+        Ok(Self {
             addr,
-            client: OrderQueryServiceClient::new(channel()),
-            watcher: OrderQueryServiceClient::new(channel()),
+            client: OrderQueryServiceClient::new(channel()?),
+            watcher: OrderQueryServiceClient::new(channel()?),
             avoid_until: Mutex::new(None),
-        }
+        })
     }
 
     fn is_avoided(&self, now: Instant) -> bool {
@@ -138,7 +141,7 @@ impl Instance {
 /// The order-service instances and the next one to call.
 pub struct OrderService {
     targets: Vec<Target>,
-    tls: Option<ClientTlsConfig>,
+    tls: Option<LoadedClientTls>,
     instances: RwLock<Vec<Arc<Instance>>>,
     next: AtomicUsize,
 }
@@ -146,7 +149,7 @@ pub struct OrderService {
 impl OrderService {
     /// Resolves `targets` once; names that do not resolve yet are tried
     /// again by `keep_resolving`.
-    pub async fn connect(targets: Vec<Target>, tls: Option<ClientTlsConfig>) -> Arc<Self> {
+    pub async fn connect(targets: Vec<Target>, tls: Option<LoadedClientTls>) -> Arc<Self> {
         let service = Arc::new(Self {
             targets,
             tls,
@@ -174,10 +177,10 @@ impl OrderService {
     }
 
     async fn resolve(&self) {
-        let mut found: Vec<(String, SocketAddr)> = Vec::new();
+        let mut found: Vec<(&Target, SocketAddr)> = Vec::new();
         for target in &self.targets {
             match tokio::net::lookup_host((target.host.as_str(), target.port)).await {
-                Ok(addrs) => found.extend(addrs.map(|addr| (target.scheme.clone(), addr))),
+                Ok(addrs) => found.extend(addrs.map(|addr| (target, addr))),
                 // Until every name resolves, keep the instances known.
                 Err(err) => {
                     tracing::warn!(host = %target.host, error = %err, "cannot resolve the order service");
@@ -200,12 +203,16 @@ impl OrderService {
         // Instances that stay keep their connection.
         *instances = found
             .into_iter()
-            .map(|(scheme, addr)| {
-                instances
-                    .iter()
-                    .find(|i| i.addr == addr)
-                    .cloned()
-                    .unwrap_or_else(|| Arc::new(Instance::new(&scheme, addr, self.tls.as_ref())))
+            .filter_map(|(target, addr)| {
+                if let Some(kept) = instances.iter().find(|i| i.addr == addr) {
+                    return Some(Arc::clone(kept));
+                }
+                // Checked at start-up with the same settings; should a name
+                // still be refused, that one instance is left out.
+                Instance::new(&target.scheme, &target.host, addr, self.tls.as_ref())
+                    .inspect_err(|err| tracing::error!(%addr, error = %err, "cannot reach an order service instance over TLS"))
+                    .ok()
+                    .map(Arc::new)
             })
             .collect();
     }

@@ -114,9 +114,21 @@ fn forward(watch: Watch) -> OrderStream {
     Box::pin(futures::stream::unfold(Some(watch), |state| async move {
         let mut watch = state?;
         loop {
+            let deadline = async {
+                match watch.deadline {
+                    Some(deadline) => tokio::time::sleep_until(deadline).await,
+                    None => std::future::pending().await,
+                }
+            };
             let next = tokio::select! {
                 next = watch.changes.next() => next?,
                 _ = watch.shutdown.cancelled() => return Some((Err(GatewayError::ShuttingDown.into()), None)),
+                // The order service ends the watch then too; this is in
+                // case its answer is late.
+                _ = deadline => {
+                    let order_id = watch.request.order_id.clone();
+                    return Some((Err(GatewayError::DeadlineExceeded(order_id).into()), None));
+                }
             };
             let status = match next {
                 Ok(order) if watch.last_status == Some(order.status) => continue,
@@ -128,6 +140,12 @@ fn forward(watch: Watch) -> OrderStream {
                 Err(status) => status,
             };
             let order_id = watch.request.order_id.clone();
+            if watch
+                .deadline
+                .is_some_and(|deadline| deadline <= Instant::now())
+            {
+                return Some((Err(GatewayError::DeadlineExceeded(order_id).into()), None));
+            }
             if !is_unreachable(&status) || watch.resubscribed >= MAX_RESUBSCRIBES {
                 return Some((Err(watch_error(&order_id, status).into()), None));
             }

@@ -27,7 +27,11 @@ use crate::request_keys::{self, Claim};
 use crate::watch::OrderChanges;
 
 pub struct OrderQueries {
+    /// For reads: the read pool.
     pub pool: DbPool,
+    /// For key claims, which are on CreateOrder's path: the main pool, so a
+    /// flood of reads never delays placing orders.
+    pub claims: DbPool,
     pub changes: OrderChanges,
     /// Ends open WatchOrder streams when the service stops.
     pub shutdown: CancellationToken,
@@ -107,7 +111,7 @@ impl OrderQueries {
                 return Err(AccessDenied(request.customer_id.clone()).into());
             }
         }
-        let mut conn = self.pool.get().await.map_err(DbError::from)?;
+        let mut conn = self.claims.get().await.map_err(DbError::from)?;
         let outcome = match request_keys::claim(&mut conn, order_id, fingerprint).await? {
             Claim::Claimed => ClaimOutcome::Claimed,
             Claim::Conflict => ClaimOutcome::Conflict,

@@ -20,6 +20,10 @@ use crate::events::OrderEvents;
 use crate::query::OrderQueries;
 use crate::watch::OrderChanges;
 
+/// Connections for reading watched orders: a watch's first state and each
+/// change's new state are one short query each.
+const WATCH_POOL_SIZE: u32 = 2;
+
 pub const SERVICE_NAME: &str = "order-service";
 pub const SCHEMA: &str = "order_service";
 pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("../../migrations/order");
@@ -58,7 +62,16 @@ impl Application {
             SCHEMA,
             &self.config.membership.instance_id,
         );
-        let changes = OrderChanges::new(reads.clone());
+        // Watches read through a pool of their own, so neither a flood of
+        // reads nor one of watches holds the other back.
+        let watches = db::named_pool(
+            WATCH_POOL_SIZE,
+            &self.config.database,
+            SCHEMA,
+            "order_service watches",
+            &self.config.membership.instance_id,
+        );
+        let changes = OrderChanges::new(watches);
         // Supervised with the consumers; a listener that (re)starts reads
         // every watched order again, so watchers miss nothing meanwhile.
         let listener = {
@@ -70,6 +83,7 @@ impl Application {
         };
         let queries = OrderQueryServiceServer::new(OrderQueries {
             pool: reads,
+            claims: pool.clone(),
             changes,
             shutdown: shutdown.clone(),
         })

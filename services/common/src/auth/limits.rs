@@ -67,6 +67,18 @@ fn limiter<K: Hash + Eq + Clone>(per_second: u32) -> Option<DefaultKeyedRateLimi
     NonZeroU32::new(per_second).map(|rate| DefaultKeyedRateLimiter::keyed(Quota::per_second(rate)))
 }
 
+/// The address a peer is counted under: itself for IPv4, its /64 network
+/// for IPv6, since one host can use a whole /64 of addresses.
+fn network_of(peer: IpAddr) -> IpAddr {
+    match peer {
+        IpAddr::V4(_) => peer,
+        IpAddr::V6(v6) => {
+            let [a, b, c, d, ..] = v6.segments();
+            IpAddr::V6(std::net::Ipv6Addr::new(a, b, c, d, 0, 0, 0, 0))
+        }
+    }
+}
+
 /// How often the limiters forget idle callers, in checks.
 const FORGET_EVERY: u64 = 10_000;
 
@@ -86,7 +98,7 @@ impl RateLimits {
     /// often, if it is.
     pub fn peer_blocked(&self, peer: IpAddr) -> Option<Duration> {
         let blocked = self.blocked.lock().unwrap_or_else(PoisonError::into_inner);
-        let until = blocked.get(&peer)?;
+        let until = blocked.get(&network_of(peer))?;
         until.checked_duration_since(Instant::now())
     }
 
@@ -96,12 +108,19 @@ impl RateLimits {
         let Some(limiter) = &self.failed_auth else {
             return;
         };
-        if let Err(not_until) = limiter.check_key(&peer) {
+        if self
+            .checks
+            .fetch_add(1, Ordering::Relaxed)
+            .is_multiple_of(FORGET_EVERY)
+        {
+            limiter.retain_recent();
+        }
+        if let Err(not_until) = limiter.check_key(&network_of(peer)) {
             let wait = not_until.wait_time_from(self.clock.now());
             let mut blocked = self.blocked.lock().unwrap_or_else(PoisonError::into_inner);
             let now = Instant::now();
             blocked.retain(|_, until| *until > now);
-            blocked.insert(peer, now + wait);
+            blocked.insert(network_of(peer), now + wait);
         }
     }
 
