@@ -29,6 +29,11 @@ const IDLE_IN_TRANSACTION_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a caller waits for a pooled connection before giving up.
 const CONNECTION_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// The same for gRPC reads and watches: well under the gateway's 5 s per
+/// call, so a busy pool answers RESOURCE_EXHAUSTED before the gateway gives
+/// up and takes the instance for gone.
+const READ_CONNECTION_TIMEOUT: Duration = Duration::from_secs(2);
+
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
     #[error("no database connection available: {0}")]
@@ -48,17 +53,33 @@ pub enum DbError {
 /// outbox rows and pending payments default to it, so each instance
 /// publishes and settles what it wrote (see `membership`).
 pub fn pool(config: &DatabaseConfig, schema: &'static str, instance_id: &str) -> DbPool {
-    build_pool(config.pool_size, config, schema, schema, instance_id)
+    let size = config.pool_size;
+    build_pool(
+        size,
+        CONNECTION_TIMEOUT,
+        config,
+        schema,
+        schema,
+        instance_id,
+    )
 }
 
-/// A pool of its own for gRPC reads and watches, `DATABASE_READ_POOL_SIZE`
+/// A pool of its own for gRPC reads, `DATABASE_READ_POOL_SIZE`
 /// connections, so that a flood of reads waits for these and never takes
 /// the connections the consumers, the relay and the settlement need (and
 /// the other way round). Its connections are named `<schema> reads` in
 /// `pg_stat_activity`.
 pub fn read_pool(config: &DatabaseConfig, schema: &'static str, instance_id: &str) -> DbPool {
     let name = format!("{schema} reads");
-    build_pool(config.read_pool_size, config, schema, &name, instance_id)
+    let size = config.read_pool_size;
+    build_pool(
+        size,
+        READ_CONNECTION_TIMEOUT,
+        config,
+        schema,
+        &name,
+        instance_id,
+    )
 }
 
 /// A pool of `size` connections named `application_name`, for a service's
@@ -70,11 +91,13 @@ pub fn named_pool(
     application_name: &str,
     instance_id: &str,
 ) -> DbPool {
-    build_pool(size, config, schema, application_name, instance_id)
+    let timeout = READ_CONNECTION_TIMEOUT;
+    build_pool(size, timeout, config, schema, application_name, instance_id)
 }
 
 fn build_pool(
     size: u32,
+    checkout_timeout: Duration,
     config: &DatabaseConfig,
     schema: &str,
     application_name: &str,
@@ -96,7 +119,7 @@ fn build_pool(
         AsyncDieselConnectionManager::new_with_config(config.url.expose(), manager_config);
     bb8::Pool::builder()
         .max_size(size)
-        .connection_timeout(CONNECTION_TIMEOUT)
+        .connection_timeout(checkout_timeout)
         .build_unchecked(manager)
 }
 

@@ -197,9 +197,14 @@ pub fn database_error_status(err: &crate::db::DbError) -> tonic::Status {
         // Every connection stayed busy (or none could be opened) for the
         // checkout timeout. Not UNAVAILABLE: the gateway takes that to mean
         // the instance is gone and avoids it for everyone.
+        // (bb8 says TimedOut also while the database cannot be reached.)
         DbError::Pool(bb8::RunError::TimedOut) => {
             tracing::warn!(error = %err, "no database connection free in time");
-            tonic::Status::resource_exhausted("the service is busy, retry later")
+            <tonic::Status as tonic_types::StatusExt>::with_error_details(
+                tonic::Code::ResourceExhausted,
+                "no database connection was free in time (busy or unreachable); retry later",
+                tonic_types::ErrorDetails::with_retry_info(Some(Duration::from_secs(1))),
+            )
         }
         DbError::Pool(_) | DbError::Connect(_) => {
             tracing::warn!(error = %err, "database unavailable");

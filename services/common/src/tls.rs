@@ -113,8 +113,8 @@ impl ServerTls {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClientTls {
     pub ca_file: PathBuf,
-    /// The name the server's certificate must carry; instances are reached
-    /// by address, so the URL's host is not it.
+    /// The name the server's certificate must carry, when not the host name
+    /// its address was resolved from.
     pub server_name: Option<String>,
     pub cert_file: Option<PathBuf>,
     pub key_file: Option<PathBuf>,
@@ -178,11 +178,16 @@ pub struct LoadedClientTls {
 }
 
 impl LoadedClientTls {
+    /// The name a server reached through `host` must prove.
+    pub fn server_name_for<'a>(&'a self, host: &'a str) -> &'a str {
+        self.server_name.as_deref().unwrap_or(host)
+    }
+
     /// An endpoint for `uri` over TLS. The server's certificate must name
     /// the configured server name, or else `host`: the host name the
     /// address came from, since the endpoint itself is an address.
     pub fn endpoint(&self, uri: &str, host: &str) -> Result<Endpoint, TlsFileError> {
-        let name = self.server_name.as_deref().unwrap_or(host);
+        let name = self.server_name_for(host);
         Endpoint::from_shared(uri.to_owned())
             .and_then(|endpoint| endpoint.tls_config(self.config.clone().domain_name(name)))
             .map_err(|err| TlsFileError::Unusable(format!("{err:?}")))
@@ -243,6 +248,22 @@ mod tests {
             key_file: Some(files.server_key.clone()),
         };
         assert!(matches!(client.load(), Err(TlsFileError::Unusable(_))));
+        // The name checked is the URL's host unless one is configured.
+        let mut named = ClientTls {
+            ca_file: files.ca_cert.clone(),
+            server_name: None,
+            cert_file: None,
+            key_file: None,
+        };
+        assert_eq!(
+            named.load().unwrap().server_name_for("order-service"),
+            "order-service"
+        );
+        named.server_name = Some("orders.internal".into());
+        assert_eq!(
+            named.load().unwrap().server_name_for("10.0.0.7"),
+            "orders.internal"
+        );
         std::fs::remove_dir_all(dir).unwrap();
     }
 }

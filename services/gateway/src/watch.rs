@@ -121,6 +121,8 @@ fn forward(watch: Watch) -> OrderStream {
                 }
             };
             let next = tokio::select! {
+                // A message already received goes out before the deadline ends the watch.
+                biased;
                 next = watch.changes.next() => next?,
                 _ = watch.shutdown.cancelled() => return Some((Err(GatewayError::ShuttingDown.into()), None)),
                 // The order service ends the watch then too; this is in

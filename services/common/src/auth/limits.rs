@@ -61,6 +61,7 @@ pub struct RateLimits {
     blocked: Mutex<HashMap<IpAddr, Instant>>,
     clock: DefaultClock,
     checks: AtomicU64,
+    failures: AtomicU64,
 }
 
 fn limiter<K: Hash + Eq + Clone>(per_second: u32) -> Option<DefaultKeyedRateLimiter<K>> {
@@ -70,6 +71,8 @@ fn limiter<K: Hash + Eq + Clone>(per_second: u32) -> Option<DefaultKeyedRateLimi
 /// The address a peer is counted under: itself for IPv4, its /64 network
 /// for IPv6, since one host can use a whole /64 of addresses.
 fn network_of(peer: IpAddr) -> IpAddr {
+    // An IPv4 client of a dual-stack listener arrives as ::ffff:a.b.c.d.
+    let peer = peer.to_canonical();
     match peer {
         IpAddr::V4(_) => peer,
         IpAddr::V6(v6) => {
@@ -91,6 +94,7 @@ impl RateLimits {
             blocked: Mutex::new(HashMap::new()),
             clock: DefaultClock::default(),
             checks: AtomicU64::new(0),
+            failures: AtomicU64::new(0),
         }
     }
 
@@ -109,7 +113,7 @@ impl RateLimits {
             return;
         };
         if self
-            .checks
+            .failures
             .fetch_add(1, Ordering::Relaxed)
             .is_multiple_of(FORGET_EVERY)
         {
@@ -142,9 +146,6 @@ impl RateLimits {
             .is_multiple_of(FORGET_EVERY)
         {
             limiter.retain_recent();
-            if let Some(failed_auth) = &self.failed_auth {
-                failed_auth.retain_recent();
-            }
         }
         limiter
             .check_key(&caller.to_owned())
@@ -194,5 +195,18 @@ mod tests {
         assert_eq!(limits.peer_blocked(quiet), None);
         std::thread::sleep(blocked);
         assert_eq!(limits.peer_blocked(noisy), None, "the budget refilled");
+    }
+
+    #[test]
+    fn ipv4_clients_of_a_dual_stack_listener_are_counted_apart() {
+        let first: IpAddr = "::ffff:10.0.0.1".parse().unwrap();
+        let second: IpAddr = "::ffff:10.0.0.2".parse().unwrap();
+        assert_ne!(network_of(first), network_of(second));
+        assert_eq!(network_of(first), IpAddr::from([10, 0, 0, 1]));
+        let (a, b): (IpAddr, IpAddr) = (
+            "2001:db8::1".parse().unwrap(),
+            "2001:db8::2".parse().unwrap(),
+        );
+        assert_eq!(network_of(a), network_of(b), "one /64");
     }
 }
