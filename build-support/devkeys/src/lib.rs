@@ -164,7 +164,12 @@ impl DevKeys {
             .open(&lock)
         {
             Ok(_) => {
-                let made = self.write_new();
+                // Another process may have finished between our look and
+                // the lock: its keys stand.
+                let made = match self.load() {
+                    Ok(Some(key)) => Ok(key),
+                    _ => self.write_new(),
+                };
                 let _ = std::fs::remove_file(&lock);
                 made
             }

@@ -204,6 +204,7 @@ impl<P: PaymentProvider> Settlement<P> {
                                 // payment whose call always panics is
                                 // declined in the end, not retried forever.
                                 if let Some(order_id) = in_flight.remove(&err.id())
+                                    && err.is_panic()
                                     && retry_until_ok("the database to count a failed call", &shutdown, || async {
                                         self.count_unanswered(order_id).await.map_err(anyhow::Error::from)
                                     })

@@ -169,10 +169,15 @@ impl JwtVerifier {
     /// Verifies a compact JWS and returns who it names.
     pub fn verify(&self, token: &str) -> Result<Identity, TokenError> {
         let now = unix_now();
-        if let Some(known) = self.lock_verified().get(token)
-            && now <= known.valid_until
         {
-            return Ok(known.identity.clone());
+            let mut verified = self.lock_verified();
+            match verified.get(token) {
+                Some(known) if now <= known.valid_until => return Ok(known.identity.clone()),
+                Some(_) => {
+                    verified.remove(token);
+                }
+                None => {}
+            }
         }
         let (identity, exp) = self.check(token)?;
         let mut verified = self.lock_verified();

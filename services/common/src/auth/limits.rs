@@ -101,6 +101,7 @@ impl RateLimits {
     /// How long `peer` is still refused for failing authentication too
     /// often, if it is.
     pub fn peer_blocked(&self, peer: IpAddr) -> Option<Duration> {
+        self.failed_auth.as_ref()?;
         let blocked = self.blocked.lock().unwrap_or_else(PoisonError::into_inner);
         let until = blocked.get(&network_of(peer))?;
         until.checked_duration_since(Instant::now())
