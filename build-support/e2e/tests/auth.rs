@@ -12,7 +12,6 @@ use tonic::transport::Channel;
 use tonic_types::StatusExt;
 use uuid::Uuid;
 
-use oms_api::google::r#type::Money;
 use oms_api::notifications::v1::ListNotificationsRequest;
 use oms_api::notifications::v1::notification_service_client::NotificationServiceClient;
 use oms_api::order_keys::keyed_order_id;
@@ -21,31 +20,21 @@ use oms_api::orders::internal::v1::GetOrderRequest as InternalGetOrderRequest;
 use oms_api::orders::internal::v1::order_query_service_client::OrderQueryServiceClient;
 use oms_api::orders::v1::order_service_client::OrderServiceClient;
 use oms_api::orders::v1::{
-    CreateOrderRequest, GetOrderRequest, ListOrdersRequest, Order, OrderStatus, WatchOrderRequest,
+    GetOrderRequest, ListOrdersRequest, Order, OrderStatus, WatchOrderRequest,
 };
 use oms_api::payments::v1::GetPaymentRequest;
 use oms_api::payments::v1::payment_service_client::PaymentServiceClient;
 use oms_devkeys::{RawEncodingKey, SigningKey, TokenAlgorithm, TokenHeader};
 use oms_testkit::auth::{TestKeys, bearer, with_authorization};
+use oms_testkit::orders::order;
 use oms_testkit::system::{GATEWAY, NOTIFICATION, ORDER, PAYMENT, System};
 use oms_testkit::{TestDatabase, eventually, grpc, kafka, unique_topic_prefix};
 
+/// The cases of the table: forged tokens, scopes, ownership, limits, probes.
+const CASES: usize = 49;
+
 const CUSTOMER: &str = "orders:read orders:write";
 const ADMIN: &str = "orders:read orders:write orders:admin";
-
-fn order_request(customer: &str, request_id: &str) -> CreateOrderRequest {
-    CreateOrderRequest {
-        customer_id: customer.into(),
-        product_id: "sku-1".into(),
-        quantity: 1,
-        amount: Some(Money {
-            currency_code: "EUR".into(),
-            units: 12,
-            nanos: 0,
-        }),
-        request_id: request_id.into(),
-    }
-}
 
 /// The code a call ended with: `Ok` for success.
 fn code_of<T>(result: &Result<T, tonic::Status>) -> Code {
@@ -75,11 +64,8 @@ impl Table {
             ));
         }
         println!("{report}");
-        assert!(
-            self.rows.len() >= 25,
-            "the table has {} cases",
-            self.rows.len()
-        );
+        // Every case the test names, so none can go missing unseen.
+        assert_eq!(self.rows.len(), CASES, "cases in the table");
         assert!(
             self.rows.iter().all(|(_, got, expected)| got == expected),
             "some cases failed:\n{report}"
@@ -122,11 +108,12 @@ fn forged_tokens(keys: &TestKeys) -> Vec<(&'static str, String)> {
     // HS256 keyed with the public key set: the classic confusion attack.
     let mut hs256 = TokenHeader::new(TokenAlgorithm::HS256);
     hs256.kid = Some(key.kid.clone());
-    let confused = jsonwebtoken_sign(
+    let confused = oms_devkeys::encode(
         &hs256,
         &claims,
         &RawEncodingKey::from_secret(key.jwks.as_bytes()),
-    );
+    )
+    .expect("sign");
     // Another key, under an id the services do not know, and under ours.
     let stranger = SigningKey::generate("stranger").expect("key");
     let impostor = SigningKey::generate(&key.kid).expect("key");
@@ -173,14 +160,6 @@ fn forged_tokens(keys: &TestKeys) -> Vec<(&'static str, String)> {
     ]
 }
 
-fn jsonwebtoken_sign(
-    header: &TokenHeader,
-    claims: &serde_json::Value,
-    key: &RawEncodingKey,
-) -> String {
-    oms_devkeys::encode(header, claims, key).expect("sign")
-}
-
 async fn wait_until_paid(gateway: &OrderServiceClient<Channel>, admin: &str, order_id: &str) {
     eventually("order paid", Duration::from_secs(60), || {
         let mut gateway = gateway.clone();
@@ -208,7 +187,7 @@ async fn create(
 ) -> Result<Order, tonic::Status> {
     gateway
         .clone()
-        .create_order(bearer(order_request(customer, request_id), token))
+        .create_order(bearer(order(customer, request_id), token))
         .await
         .map(|response| response.into_inner())
 }
@@ -615,7 +594,7 @@ async fn only_a_valid_token_with_the_right_scope_reaches_only_its_own_records() 
         code_of(&listed),
         Code::InvalidArgument,
     );
-    let mut huge = order_request("alice", "");
+    let mut huge = order("alice", "");
     huge.product_id = "p".repeat(100_000);
     let created = gateway.clone().create_order(bearer(huge, &alice)).await;
     table.check(

@@ -7,8 +7,8 @@ use diesel::QueryableByName;
 use diesel::sql_types::{BigInt, Text};
 use diesel_async::RunQueryDsl;
 
-use oms_api::google::r#type::Money;
-use oms_api::orders::v1::{CreateOrderRequest, ListOrdersRequest};
+use oms_api::orders::v1::ListOrdersRequest;
+use oms_testkit::orders::order;
 use oms_testkit::system::System;
 use oms_testkit::{TestDatabase, kafka, unique_topic_prefix};
 
@@ -57,18 +57,11 @@ async fn a_flood_of_reads_uses_its_own_pool_while_orders_keep_flowing() {
     for i in 0..40 {
         let order = gateway
             .clone()
-            .create_order(CreateOrderRequest {
-                customer_id: format!("pool-{}", i % 4),
-                product_id: "sku".into(),
-                quantity: 1,
-                amount: Some(Money {
-                    currency_code: "EUR".into(),
-                    units: 5,
-                    nanos: 0,
-                }),
-                // Keyed: each claims its key with the order service.
-                request_id: format!("pool-order-{i}"),
-            })
+            // Keyed: each claims its key with the order service.
+            .create_order(order(
+                &format!("pool-{}", i % 4),
+                &format!("pool-order-{i}"),
+            ))
             .await
             .expect("CreateOrder during the flood");
         ids.push(order.into_inner().order_id);

@@ -12,10 +12,10 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_client::HealthClient;
 
-use oms_api::google::r#type::Money;
+use oms_api::orders::v1::GetOrderRequest;
 use oms_api::orders::v1::order_service_client::OrderServiceClient;
-use oms_api::orders::v1::{CreateOrderRequest, GetOrderRequest};
 use oms_devkeys::certs::{self, CertFiles};
+use oms_testkit::orders;
 use oms_testkit::process::ServiceProcess;
 use oms_testkit::system::{GATEWAY, ORDER, free_ports};
 use oms_testkit::{TestDatabase, eventually, grpc, kafka, unique_topic_prefix};
@@ -146,17 +146,7 @@ async fn tls_and_mutual_tls_admit_only_the_right_peers() {
     );
     let order_id = client
         .clone()
-        .create_order(CreateOrderRequest {
-            customer_id: "tls-customer".into(),
-            product_id: "sku".into(),
-            quantity: 1,
-            amount: Some(Money {
-                currency_code: "EUR".into(),
-                units: 3,
-                nanos: 0,
-            }),
-            request_id: "tls-1".into(),
-        })
+        .create_order(orders::order("tls-customer", "tls-1"))
         .await
         .expect("CreateOrder over TLS (its key is claimed over mutual TLS)")
         .into_inner()

@@ -12,27 +12,13 @@ use tonic::transport::Channel;
 use tonic::{Code, Request, Streaming};
 use uuid::Uuid;
 
-use oms_api::google::r#type::Money;
 use oms_api::orders::v1::order_service_client::OrderServiceClient;
-use oms_api::orders::v1::{CreateOrderRequest, Order, OrderStatus, WatchOrderRequest};
+use oms_api::orders::v1::{Order, OrderStatus, WatchOrderRequest};
 use oms_testkit::TestDatabase;
+use oms_testkit::orders::order;
 use oms_testkit::system::{PAYMENT, System};
 
 const WAIT: Duration = Duration::from_secs(30);
-
-fn request(customer: &str, request_id: &str) -> CreateOrderRequest {
-    CreateOrderRequest {
-        customer_id: customer.into(),
-        product_id: "sku-watch".into(),
-        quantity: 1,
-        amount: Some(Money {
-            currency_code: "EUR".into(),
-            units: 12,
-            nanos: 0,
-        }),
-        request_id: request_id.into(),
-    }
-}
 
 async fn watch(
     client: &OrderServiceClient<Channel>,
@@ -80,7 +66,7 @@ async fn watch_order_follows_a_live_order_to_paid_and_closes() {
     let mut stream = watch(&client, &order_id).await.expect("watch");
     let accepted = client
         .clone()
-        .create_order(request("wendy", "watch-1"))
+        .create_order(order("wendy", "watch-1"))
         .await
         .expect("create")
         .into_inner();
@@ -163,7 +149,7 @@ async fn a_thousand_watchers_share_connections_and_cost_no_polling() {
         let mut client = client.clone();
         async move {
             client
-                .create_order(request(&format!("watcher-{i}"), ""))
+                .create_order(order(&format!("watcher-{i}"), ""))
                 .await
                 .expect("create")
                 .into_inner()

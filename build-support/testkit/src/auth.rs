@@ -34,8 +34,6 @@ impl TestKeys {
             ("AUTH_ISSUER", DEV_ISSUER.to_owned()),
             ("AUTH_AUDIENCE", DEV_AUDIENCE.to_owned()),
             ("AUTH_LEEWAY_SECONDS", TEST_LEEWAY_SECS.to_string()),
-            // The tests send many bad tokens from one address on purpose.
-            ("RATE_LIMIT_FAILED_AUTH_PER_SECOND", "0".to_owned()),
         ]
     }
 

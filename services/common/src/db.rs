@@ -71,15 +71,7 @@ pub fn pool(config: &DatabaseConfig, schema: &'static str, instance_id: &str) ->
 /// `pg_stat_activity`.
 pub fn read_pool(config: &DatabaseConfig, schema: &'static str, instance_id: &str) -> DbPool {
     let name = format!("{schema} reads");
-    let size = config.read_pool_size;
-    build_pool(
-        size,
-        READ_CONNECTION_TIMEOUT,
-        config,
-        schema,
-        &name,
-        instance_id,
-    )
+    named_pool(config.read_pool_size, config, schema, &name, instance_id)
 }
 
 /// A pool of `size` connections named `application_name`, for a service's

@@ -22,12 +22,17 @@ pub struct WatchLimitConfig {
 
 impl WatchLimitConfig {
     pub fn from_env() -> Result<Self, ConfigError> {
+        let default = Self::default();
         Ok(Self {
-            per_caller: parse_in_range("GATEWAY_WATCHES_PER_CALLER", 20, 1..=10_000)?,
-            total: parse_in_range("GATEWAY_MAX_WATCHES", 5_000, 1..=1_000_000)?,
+            per_caller: parse_in_range(
+                "GATEWAY_WATCHES_PER_CALLER",
+                default.per_caller,
+                1..=10_000,
+            )?,
+            total: parse_in_range("GATEWAY_MAX_WATCHES", default.total, 1..=1_000_000)?,
             max_age: Duration::from_secs(parse_in_range(
                 "GATEWAY_WATCH_MAX_AGE_SECONDS",
-                600,
+                default.max_age.as_secs(),
                 1..=86_400,
             )?),
         })

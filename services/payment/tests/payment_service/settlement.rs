@@ -96,16 +96,18 @@ async fn a_provider_that_times_out_settles_the_order_once() {
     service.stop().await.expect("clean shutdown");
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_provider_that_never_answers_declines_the_order_once() {
+/// A provider call that fails the same way every time (`fault`): the
+/// payment is declined after `max_unanswered` calls, once, with
+/// `UNANSWERED_REASON`, and the order service hears of it once.
+async fn declines_once_after_unanswered_calls(fault: Fault, max_unanswered: i32, customer: &str) {
     let db = TestDatabase::create().await;
     let prefix = unique_topic_prefix();
     let topics = TopicNames::new(prefix.clone());
-    let provider = simulator(Fault::Timeout(100));
+    let provider = simulator(fault);
     let ledger = provider.ledger.clone();
-    let service = start_with(&db, &prefix, provider, impatient(3)).await;
+    let service = start_with(&db, &prefix, provider, impatient(max_unanswered)).await;
     let order_id = Uuid::now_v7();
-    let request = events::process_payment(&order_id.to_string(), "ivan");
+    let request = events::process_payment(&order_id.to_string(), customer);
     publish(
         &topics,
         PROCESS_PAYMENT,
@@ -116,13 +118,13 @@ async fn a_provider_that_never_answers_declines_the_order_once() {
     let (status, reason, calls) = settled(&db, order_id).await;
     assert_eq!(
         (status.as_str(), reason.as_deref(), calls),
-        ("DECLINED", Some(UNANSWERED_REASON), 3)
+        ("DECLINED", Some(UNANSWERED_REASON), max_unanswered)
     );
     events::wait_until_outbox_drained(&db, SCHEMA).await;
     assert_eq!(
         ledger.calls(order_id),
-        3,
-        "asked at most max_attempts times"
+        max_unanswered as u32,
+        "asked at most max_unanswered times"
     );
     let failed = published(&topics, PAYMENT_FAILED).await;
     assert_eq!(failed.len(), 1, "the order service cancels the order on it");
@@ -134,31 +136,14 @@ async fn a_provider_that_never_answers_declines_the_order_once() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_provider_call_that_always_panics_declines_the_order_once() {
-    let db = TestDatabase::create().await;
-    let prefix = unique_topic_prefix();
-    let topics = TopicNames::new(prefix.clone());
-    let provider = simulator(Fault::Panic(100));
-    let ledger = provider.ledger.clone();
-    let service = start_with(&db, &prefix, provider, impatient(2)).await;
-    let order_id = Uuid::now_v7();
-    let request = events::process_payment(&order_id.to_string(), "oscar");
-    publish(
-        &topics,
-        PROCESS_PAYMENT,
-        &record(&order_id.to_string(), &request),
-    )
-    .await;
+async fn a_provider_that_never_answers_declines_the_order_once() {
+    declines_once_after_unanswered_calls(Fault::Timeout(100), 3, "ivan").await;
+}
 
-    let (status, reason, calls) = settled(&db, order_id).await;
-    assert_eq!(
-        (status.as_str(), reason.as_deref(), calls),
-        ("DECLINED", Some(UNANSWERED_REASON), 2)
-    );
-    assert_eq!(ledger.calls(order_id), 2, "each panic counts as unanswered");
-    events::wait_until_outbox_drained(&db, SCHEMA).await;
-    assert_eq!(published(&topics, PAYMENT_FAILED).await.len(), 1);
-    service.stop().await.expect("clean shutdown");
+/// Each panic counts as an unanswered call.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_provider_call_that_always_panics_declines_the_order_once() {
+    declines_once_after_unanswered_calls(Fault::Panic(100), 2, "oscar").await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
