@@ -94,7 +94,9 @@ trap cleanup INT TERM EXIT
 addrs=()
 start() { # binary, instance number, listen variable, base port
   local addr="127.0.0.1:$(($4 + 10 * $2))"
-  env "$3=$addr" INSTANCE_ID="$1-$2" "$ROOT/target/release/$1" >"$logs/$1-$2.log" 2>&1 &
+  # Metrics 1000 ports above the service's own, clear of `just run`'s.
+  env "$3=$addr" METRICS_ADDR="127.0.0.1:$(($4 + 1000 + 10 * $2))" INSTANCE_ID="$1-$2" \
+    "$ROOT/target/release/$1" >"$logs/$1-$2.log" 2>&1 &
   pids+=($!)
   addrs+=("$addr")
 }

@@ -57,21 +57,25 @@ for ((i = 0; i < replicas; i++)); do order_urls+=("http://127.0.0.1:$((50052 + 1
 export ORDER_SERVICE_URL
 ORDER_SERVICE_URL="$(IFS=,; echo "${order_urls[*]}")"
 
-start() { # binary, instance number, listen variable, base port
-  local service="$1" i="$2" variable="$3" port=$(($4 + 10 * $2))
+metrics_endpoints=()
+start() { # binary, instance number, listen variable, base port, base metrics port
+  local service="$1" i="$2" variable="$3" port=$(($4 + 10 * $2)) metrics_port=$(($5 + 10 * $2))
   local label
   label="$(printf '%-24s' "[$service#$((i + 1))]")"
-  env "$variable=0.0.0.0:$port" INSTANCE_ID="$service-$((i + 1))-$$" \
+  metrics_endpoints+=("$service#$((i + 1)): http://127.0.0.1:$metrics_port/metrics")
+  env "$variable=0.0.0.0:$port" METRICS_ADDR="0.0.0.0:$metrics_port" INSTANCE_ID="$service-$((i + 1))-$$" \
     "$ROOT/target/$profile/$service" > >(sed -u "s/^/$label /") 2>&1 &
   pids+=($!)
 }
 # The order service first: the gateways read through it.
 for ((i = 0; i < replicas; i++)); do
-  start order-service "$i" ORDER_GRPC_ADDR 50052
-  start payment-service "$i" PAYMENT_GRPC_ADDR 50053
-  start notification-service "$i" NOTIFICATION_GRPC_ADDR 50054
+  start order-service "$i" ORDER_GRPC_ADDR 50052 9102
+  start payment-service "$i" PAYMENT_GRPC_ADDR 50053 9103
+  start notification-service "$i" NOTIFICATION_GRPC_ADDR 50054 9104
 done
-for i in 0 1; do start gateway "$i" GATEWAY_GRPC_ADDR 50051; done
+for i in 0 1; do start gateway "$i" GATEWAY_GRPC_ADDR 50051 9101; done
 log "$replicas instance(s) of each service; gateways on 50051 and 50061; try: grpcurl -plaintext 127.0.0.1:50051 list"
+log "Prometheus metrics:"
+for endpoint in "${metrics_endpoints[@]}"; do log "  $endpoint"; done
 wait -n "${pids[@]}" || true
 log "a service exited; stopping the rest"

@@ -69,6 +69,7 @@ async fn a_handler_that_panics_does_not_stop_its_partition() {
         grpc_services: Vec::new(),
         relay_wakeup: Default::default(),
         workers: Vec::new(),
+        metered_pools: Vec::new(),
     };
     let pool = db::pool(&config.database, SCHEMA, &config.membership.instance_id);
     let running = RunningService::start(addr, |shutdown| async move {

@@ -14,6 +14,7 @@ pub mod events;
 pub mod grpc;
 pub mod kafka;
 pub mod load;
+pub mod metrics;
 pub mod orders;
 pub mod process;
 pub mod proxy;

@@ -49,6 +49,9 @@ impl ServiceProcess {
             .env("RATE_LIMIT_WRITES_PER_SECOND", "0")
             .env("RATE_LIMIT_READS_PER_SECOND", "0")
             .env("RATE_LIMIT_FAILED_AUTH_PER_SECOND", "0")
+            // Any free port: tests run many services at once, and those
+            // that scrape pass the address they chose.
+            .env("METRICS_ADDR", "127.0.0.1:0")
             .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
             .env(
                 "RUST_LOG",

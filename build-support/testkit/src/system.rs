@@ -39,6 +39,8 @@ pub struct System {
     pub prefix: String,
     env: Vec<(&'static str, String)>,
     services: Vec<(ServiceProcess, SocketAddr)>,
+    /// Where each service serves its metrics, by name.
+    metrics: Vec<(&'static str, SocketAddr)>,
 }
 
 impl System {
@@ -50,7 +52,7 @@ impl System {
         prefix: &str,
         extra: &[(&'static str, String)],
     ) -> Self {
-        let addrs = free_ports(4);
+        let addrs = free_ports(8);
         let mut env = vec![
             ("KAFKA_BROKERS", brokers.to_owned()),
             ("KAFKA_TOPIC_PREFIX", prefix.to_owned()),
@@ -72,6 +74,10 @@ impl System {
             prefix: prefix.to_owned(),
             env,
             services: Vec::new(),
+            metrics: [ORDER, PAYMENT, NOTIFICATION, GATEWAY]
+                .into_iter()
+                .zip(addrs[4..].iter().copied())
+                .collect(),
         };
         // The order service first: the gateway reads through it.
         for (name, addr) in [
@@ -80,7 +86,7 @@ impl System {
             (NOTIFICATION, addrs[3]),
             (GATEWAY, addrs[0]),
         ] {
-            let process = ServiceProcess::spawn(name, &system.env, prefix);
+            let process = system.spawn(name);
             system.services.push((process, addr));
         }
         for name in [ORDER, PAYMENT, NOTIFICATION, GATEWAY] {
@@ -99,6 +105,21 @@ impl System {
 
     pub fn addr(&self, name: &str) -> SocketAddr {
         self.entry(name).1
+    }
+
+    /// Where the service serves `/metrics`.
+    pub fn metrics_addr(&self, name: &str) -> SocketAddr {
+        self.metrics
+            .iter()
+            .find(|(service, _)| *service == name)
+            .expect("known service")
+            .1
+    }
+
+    fn spawn(&self, name: &str) -> ServiceProcess {
+        let mut env = self.env.clone();
+        env.push(("METRICS_ADDR", self.metrics_addr(name).to_string()));
+        ServiceProcess::spawn(name, &env, &self.prefix)
     }
 
     fn entry(&self, name: &str) -> &(ServiceProcess, SocketAddr) {
@@ -148,7 +169,7 @@ impl System {
     /// Starts a killed service again on its port.
     pub fn restart(&mut self, name: &str) {
         let index = self.index(name);
-        self.services[index].0 = ServiceProcess::spawn(name, &self.env, &self.prefix);
+        self.services[index].0 = self.spawn(name);
     }
 
     fn index(&self, name: &str) -> usize {

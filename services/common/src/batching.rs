@@ -25,9 +25,10 @@
 //! (rskafka's own `BatchProducer` keeps flushing in a task of its own and
 //! its retries are not bounded in time, so it cannot promise that.)
 
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
+use prometheus::Histogram;
 use rskafka::client::partition::{Compression, PartitionClient};
 use rskafka::record::Record;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
@@ -37,11 +38,18 @@ use crate::config::DEFAULT_MAX_MESSAGE_BYTES;
 use crate::kafka::{
     KafkaError, KeyedRecord, Producer, RECORD_BATCH_OVERHEAD, encoded_size, partition_for_key,
 };
+use crate::metrics;
 
 /// Batches of one partition awaiting the broker's answer at once.
 const MAX_IN_FLIGHT_PER_PARTITION: usize = 4;
 /// Records waiting for a batch, per partition; callers wait beyond it.
 const QUEUE_PER_PARTITION: usize = 10_000;
+
+/// Registers the producer's metrics, so that they are served before the
+/// first batch.
+pub fn describe_metrics() {
+    LazyLock::force(&BATCH_RECORDS);
+}
 
 /// Why a record was not acknowledged.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -57,6 +65,14 @@ pub enum ProduceError {
 }
 
 type Outcome = Result<(), ProduceError>;
+
+static BATCH_RECORDS: LazyLock<Histogram> = LazyLock::new(|| {
+    metrics::histogram(
+        "oms_producer_batch_records",
+        "Records in each produce request the batching producer sends.",
+        metrics::BATCH_SIZE_BUCKETS,
+    )
+});
 
 struct Pending {
     record: Record,
@@ -279,6 +295,7 @@ async fn produce(client: Arc<PartitionClient>, batch: Vec<Pending>, permit: Owne
     let Some(deadline) = live.iter().map(|pending| pending.deadline).min() else {
         return;
     };
+    BATCH_RECORDS.observe(live.len() as f64);
     let (records, waiters): (Vec<Record>, Vec<oneshot::Sender<Outcome>>) = live
         .into_iter()
         .map(|pending| (pending.record, pending.done))

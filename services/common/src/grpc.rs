@@ -17,6 +17,8 @@ use tonic::transport::ServerTlsConfig;
 use crate::auth::{AuthConfig, Authenticator};
 use crate::config::{ConfigError, listen_addr, var};
 use crate::health::Readiness;
+use crate::metrics::MetricsConfig;
+use crate::metrics::grpc::MetricsLayer;
 use crate::tls::ServerTls;
 
 /// The largest request message the servers decode. Our requests are a few
@@ -93,10 +95,14 @@ pub struct ServingConfig {
     /// without tokens, for probes that cannot speak TLS (Kubernetes' gRPC
     /// probes) when the main port does.
     pub health_addr: Option<SocketAddr>,
+    /// `METRICS_ADDR`: where Prometheus scrapes the process.
+    pub metrics: MetricsConfig,
 }
 
 impl ServingConfig {
-    pub fn from_env() -> Result<Self, ConfigError> {
+    /// Reads the variables; metrics listen on `default_metrics_addr`
+    /// unless `METRICS_ADDR` says otherwise.
+    pub fn from_env(default_metrics_addr: &str) -> Result<Self, ConfigError> {
         let health_addr = match var("HEALTH_GRPC_ADDR") {
             Some(_) => Some(listen_addr("HEALTH_GRPC_ADDR", "")?),
             None => None,
@@ -105,6 +111,7 @@ impl ServingConfig {
             auth: AuthConfig::from_env()?,
             tls: ServerTls::from_env()?,
             health_addr,
+            metrics: MetricsConfig::from_env(default_metrics_addr)?,
         })
     }
 
@@ -114,6 +121,7 @@ impl ServingConfig {
             auth: AuthConfig::disabled(),
             tls: None,
             health_addr: None,
+            metrics: MetricsConfig::off(),
         }
     }
 
@@ -182,6 +190,8 @@ pub async fn serve(
         .concurrency_limit_per_connection(MAX_CONCURRENT_REQUESTS_PER_CONNECTION)
         .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
         .http2_max_header_list_size(MAX_METADATA_BYTES)
+        // Outermost, so that refused calls are counted too.
+        .layer(MetricsLayer)
         .layer(serving.auth.layer())
         .add_routes(routes)
         .serve_with_incoming_shutdown(incoming, stop.cancelled_owned())

@@ -13,6 +13,7 @@ pub mod grpc;
 pub mod health;
 pub mod kafka;
 pub mod membership;
+pub mod metrics;
 pub mod outbox;
 pub mod pagination;
 pub mod retry;

@@ -23,9 +23,10 @@ use crate::grpc::ServingConfig;
 use crate::health::Readiness;
 use crate::kafka::{self, Producer};
 use crate::membership::{Membership, MembershipConfig};
+use crate::metrics::MetricsEndpoint;
 use crate::supervisor::{TaskHealth, supervise};
 use crate::topics::dead_letter_topic;
-use crate::{grpc, outbox, retry, shutdown};
+use crate::{consumer, grpc, metrics, outbox, retry, shutdown};
 
 /// The configuration every downstream service reads.
 #[derive(Debug, Clone)]
@@ -40,11 +41,13 @@ pub struct ServiceConfig {
 
 impl ServiceConfig {
     /// Reads the shared variables plus the service's own listen address
-    /// (`addr_var`, default `default_addr`) and database URL (`database_var`).
+    /// (`addr_var`, default `default_addr`), database URL (`database_var`)
+    /// and metrics address (default `default_metrics_addr`).
     pub fn from_env(
         addr_var: &str,
         default_addr: &str,
         database_var: &str,
+        default_metrics_addr: &str,
     ) -> Result<Self, ConfigError> {
         Ok(Self {
             grpc_addr: listen_addr(addr_var, default_addr)?,
@@ -52,7 +55,7 @@ impl ServiceConfig {
             kafka: KafkaConfig::from_env()?,
             membership: MembershipConfig::from_env()?,
             shutdown_grace: shutdown::grace_period()?,
-            serving: ServingConfig::from_env()?,
+            serving: ServingConfig::from_env(default_metrics_addr)?,
         })
     }
 }
@@ -79,6 +82,8 @@ pub struct EventService<H> {
     /// Its own background tasks, supervised like the consumers and stopped
     /// after them, before the relay.
     pub workers: Vec<Worker>,
+    /// Its pools beside the main one, by name, for the metrics.
+    pub metered_pools: Vec<(&'static str, DbPool)>,
 }
 
 /// A background task of a service: `start` makes the task, which runs until
@@ -92,7 +97,7 @@ impl<H: EventHandler> EventService<H> {
     /// Runs the service on `listener` until `shutdown`; `routes` are its own
     /// gRPC services, served beside health and reflection.
     pub async fn run(
-        self,
+        mut self,
         config: &ServiceConfig,
         pool: DbPool,
         listener: TcpListener,
@@ -107,6 +112,20 @@ impl<H: EventHandler> EventService<H> {
         let (readiness, routes) = Readiness::new(&health_names).await;
         let server_stop = CancellationToken::new();
         grpc::spawn_health_port(&config.serving, &readiness, server_stop.clone()).await?;
+        let stats = Arc::new(ConsumerStats::default());
+        let mut pools = vec![("main", pool.clone())];
+        pools.append(&mut self.metered_pools);
+        outbox::metrics::describe();
+        for topic in &self.consumes {
+            consumer::metrics::dead_lettered(topic, 0);
+        }
+        let mut metrics = MetricsEndpoint::default();
+        metrics.refresh_with(metrics::pools::refresh(pools));
+        metrics.refresh_with(consumer::metrics::refresh(Arc::clone(&stats)));
+        metrics.refresh_with(outbox::metrics::refresh(pool.clone()));
+        metrics
+            .spawn(&config.serving.metrics, server_stop.clone())
+            .await?;
         let server = tokio::spawn(grpc::serve(
             listener,
             add_routes(routes),
@@ -145,7 +164,6 @@ impl<H: EventHandler> EventService<H> {
                 move || relay.clone().run(Arc::clone(&wakeup), stop.clone()),
             ))
         };
-        let stats = Arc::new(ConsumerStats::default());
         let consumers = Consumer {
             client: Arc::clone(&client),
             pool: pool.clone(),

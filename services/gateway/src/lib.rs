@@ -4,6 +4,7 @@
 
 pub mod error;
 pub mod idempotency;
+pub mod metrics;
 pub mod service;
 pub mod startup;
 pub mod upstream;

@@ -26,6 +26,7 @@ use tonic_types::FieldViolation;
 
 use crate::error::GatewayError;
 use crate::idempotency;
+use crate::metrics;
 use crate::upstream::OrderService as OrderServiceInstances;
 use crate::validation::{ValidOrder, validate_create_order, validate_list_orders};
 use crate::watch::OrderStream;
@@ -102,9 +103,12 @@ impl Gateway {
         create_time: prost_types::Timestamp,
         caller_deadline: Instant,
     ) -> Result<(), GatewayError> {
-        let producer = self.producer.get().ok_or_else(|| {
-            GatewayError::BrokerUnavailable("not connected to the broker yet".into())
-        })?;
+        let Some(producer) = self.producer.get() else {
+            metrics::PUBLISH_UNAVAILABLE.inc();
+            return Err(GatewayError::BrokerUnavailable(
+                "not connected to the broker yet".into(),
+            ));
+        };
         let order_id = order_id.to_string();
         let event = OrderCreated {
             order_id: order_id.clone(),
@@ -125,16 +129,14 @@ impl Gateway {
         // deadline passes before its batch goes, and abandons the batch at
         // the earliest deadline in it, so an order answered with an error
         // is not published afterwards.
-        let deadline = caller_deadline.min(Instant::now() + self.publish_timeout);
-        producer
-            .produce_by(record, deadline)
-            .await
-            .map_err(|err| match err {
-                ProduceError::TooLarge { size, limit } => {
-                    GatewayError::OrderTooLarge { size, limit }
-                }
-                err => GatewayError::BrokerUnavailable(err.to_string()),
-            })
+        let started = Instant::now();
+        let deadline = caller_deadline.min(started + self.publish_timeout);
+        let published = producer.produce_by(record, deadline).await;
+        metrics::published(started.elapsed(), &published);
+        published.map_err(|err| match err {
+            ProduceError::TooLarge { size, limit } => GatewayError::OrderTooLarge { size, limit },
+            err => GatewayError::BrokerUnavailable(err.to_string()),
+        })
     }
 
     /// Asks the order service for an order; `None` when it is not recorded

@@ -16,6 +16,7 @@ use oms_common::grpc::ServingConfig;
 use oms_common::grpc::{self, MAX_REQUEST_BYTES};
 use oms_common::health::Readiness;
 use oms_common::kafka::{self, Producer};
+use oms_common::metrics::MetricsEndpoint;
 use oms_common::retry::retry_until_ok;
 use oms_common::shutdown;
 use oms_common::tls::ClientTls;
@@ -81,7 +82,7 @@ impl GatewayConfig {
                 2_000,
                 0..=100_000,
             )?),
-            serving: ServingConfig::from_env()?,
+            serving: ServingConfig::from_env("0.0.0.0:9101")?,
             order_service_tls,
             watch_limits: WatchLimitConfig::from_env()?,
         })
@@ -140,6 +141,10 @@ impl Application {
         );
         let server_stop = CancellationToken::new();
         grpc::spawn_health_port(&config.serving, &readiness, server_stop.clone()).await?;
+        crate::metrics::describe();
+        MetricsEndpoint::default()
+            .spawn(&config.serving.metrics, server_stop.clone())
+            .await?;
         let server = tokio::spawn(grpc::serve(
             self.listener,
             routes,

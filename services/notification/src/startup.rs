@@ -32,6 +32,7 @@ impl Application {
             "NOTIFICATION_GRPC_ADDR",
             "0.0.0.0:50054",
             "NOTIFICATION_DATABASE_URL",
+            "0.0.0.0:9104",
         )
     }
 
@@ -59,8 +60,10 @@ impl Application {
             SCHEMA,
             &self.config.membership.instance_id,
         );
-        let queries = NotificationServiceServer::new(NotificationQueries { pool: reads })
-            .max_decoding_message_size(MAX_REQUEST_BYTES);
+        let queries = NotificationServiceServer::new(NotificationQueries {
+            pool: reads.clone(),
+        })
+        .max_decoding_message_size(MAX_REQUEST_BYTES);
         let service = EventService {
             name: SERVICE_NAME,
             schema: SCHEMA,
@@ -75,6 +78,7 @@ impl Application {
             grpc_services: vec!["notifications.v1.NotificationService"],
             relay_wakeup: Default::default(),
             workers: Vec::new(),
+            metered_pools: vec![("reads", reads)],
         };
         service
             .run(

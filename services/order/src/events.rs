@@ -11,6 +11,7 @@ use oms_api::validation::{self, OrderFields};
 use oms_common::consumer::{EventHandler, InboundRecord, Rejection};
 use oms_common::outbox::OutboxMessage;
 
+use crate::metrics;
 use crate::repository::{self, NewOrder, STATUS_AWAITING_PAYMENT, STATUS_CANCELLED, STATUS_PAID};
 
 #[derive(Debug)]
@@ -72,8 +73,11 @@ impl EventHandler for OrderEvents {
                     payment_id,
                 } => paid.push((order_id, payment_id)),
                 OrderEvent::PaymentFailed { order_id, reason } => {
-                    if repository::mark_cancelled(conn, order_id, &reason).await? {
+                    if let Some(create_time) =
+                        repository::mark_cancelled(conn, order_id, &reason).await?
+                    {
                         tracing::info!(%order_id, %reason, "order cancelled, payment declined");
+                        metrics::finished(STATUS_CANCELLED, create_time);
                     } else {
                         refused(conn, order_id, STATUS_CANCELLED).await?;
                     }
@@ -95,8 +99,9 @@ async fn mark_paid(conn: &mut AsyncPgConnection, paid: Vec<(Uuid, Uuid)>) -> Que
     let mut changed = repository::mark_all_paid(conn, &paid).await?;
     for (order_id, payment_id) in paid {
         // Removed once reported, so a repeat within the batch is refused.
-        if changed.remove(&order_id) {
+        if let Some(create_time) = changed.remove(&order_id) {
             tracing::info!(%order_id, %payment_id, "order paid");
+            metrics::finished(STATUS_PAID, create_time);
         } else {
             refused(conn, order_id, STATUS_PAID).await?;
         }

@@ -5,6 +5,7 @@
 
 pub mod error;
 pub mod events;
+pub mod metrics;
 pub mod order_stream;
 pub mod pagination;
 pub mod query;

@@ -1,6 +1,6 @@
 //! Reads and writes of the `orders` table.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
@@ -109,15 +109,18 @@ pub async fn insert_new(
 struct Changed {
     #[diesel(sql_type = diesel::sql_types::Uuid)]
     order_id: Uuid,
+    #[diesel(sql_type = diesel::sql_types::Timestamptz)]
+    create_time: DateTime<Utc>,
 }
 
 /// Marks the orders of `(order_id, payment_id)` pairs that await payment
 /// as paid, bumping version and update time, in one statement; returns
-/// the ids it changed. Only AWAITING_PAYMENT may move, as in `settle`.
+/// the ids it changed, each with its order's create time. Only
+/// AWAITING_PAYMENT may move, as in `settle`.
 pub async fn mark_all_paid(
     conn: &mut AsyncPgConnection,
     paid: &[(Uuid, Uuid)],
-) -> QueryResult<HashSet<Uuid>> {
+) -> QueryResult<HashMap<Uuid, DateTime<Utc>>> {
     use diesel::sql_types::{Array, Uuid as SqlUuid};
     let (order_ids, payment_ids): (Vec<Uuid>, Vec<Uuid>) = paid.iter().copied().unzip();
     let changed: Vec<Changed> = diesel::sql_query(
@@ -125,21 +128,25 @@ pub async fn mark_all_paid(
          version = orders.version + 1, update_time = now() \
          FROM unnest($1::uuid[], $2::uuid[]) AS paid(order_id, payment_id) \
          WHERE orders.order_id = paid.order_id AND orders.status = 'AWAITING_PAYMENT' \
-         RETURNING orders.order_id",
+         RETURNING orders.order_id, orders.create_time",
     )
     .bind::<Array<SqlUuid>, _>(&order_ids)
     .bind::<Array<SqlUuid>, _>(&payment_ids)
     .load(conn)
     .await?;
-    Ok(changed.into_iter().map(|row| row.order_id).collect())
+    Ok(changed
+        .into_iter()
+        .map(|row| (row.order_id, row.create_time))
+        .collect())
 }
 
-/// Cancels an order that awaits payment; returns whether it changed.
+/// Cancels an order that awaits payment; returns its create time if it
+/// changed.
 pub async fn mark_cancelled(
     conn: &mut AsyncPgConnection,
     order_id: Uuid,
     reason: &str,
-) -> QueryResult<bool> {
+) -> QueryResult<Option<DateTime<Utc>>> {
     settle(
         conn,
         order_id,
@@ -152,9 +159,14 @@ pub async fn mark_cancelled(
 }
 
 /// Moves an order out of AWAITING_PAYMENT with `changes`, bumping its
-/// version and update time. Only that state may move, so a repeated, late
-/// or contradictory event finds nothing to change.
-async fn settle<C>(conn: &mut AsyncPgConnection, order_id: Uuid, changes: C) -> QueryResult<bool>
+/// version and update time, and returns its create time if it moved. Only
+/// that state may move, so a repeated, late or contradictory event finds
+/// nothing to change.
+async fn settle<C>(
+    conn: &mut AsyncPgConnection,
+    order_id: Uuid,
+    changes: C,
+) -> QueryResult<Option<DateTime<Utc>>>
 where
     C: diesel::AsChangeset<Target = orders::table>,
     C::Changeset: diesel::query_builder::QueryFragment<diesel::pg::Pg> + Send,
@@ -169,9 +181,11 @@ where
         orders::version.eq(orders::version + 1),
         orders::update_time.eq(diesel::dsl::now),
     ))
-    .execute(conn)
-    .await?;
-    Ok(updated == 1)
+    .returning(orders::create_time)
+    .get_result(conn)
+    .await
+    .optional()?;
+    Ok(updated)
 }
 
 /// The order's status, if it is recorded.

@@ -35,7 +35,12 @@ pub struct Application {
 
 impl Application {
     pub fn config_from_env() -> Result<ServiceConfig, ConfigError> {
-        ServiceConfig::from_env("ORDER_GRPC_ADDR", "0.0.0.0:50052", "ORDER_DATABASE_URL")
+        ServiceConfig::from_env(
+            "ORDER_GRPC_ADDR",
+            "0.0.0.0:50052",
+            "ORDER_DATABASE_URL",
+            "0.0.0.0:9102",
+        )
     }
 
     /// Binds the listener; port 0 picks a free port (see `local_addr`).
@@ -51,6 +56,7 @@ impl Application {
     }
 
     pub async fn run_until(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        crate::metrics::describe();
         let topics = TopicNames::new(self.config.kafka.topic_prefix.clone());
         let pool = db::pool(
             &self.config.database,
@@ -71,7 +77,7 @@ impl Application {
             "order_service watches",
             &self.config.membership.instance_id,
         );
-        let changes = OrderChanges::new(watches);
+        let changes = OrderChanges::new(watches.clone());
         // Supervised with the consumers; a listener that (re)starts reads
         // every watched order again, so watchers miss nothing meanwhile.
         let listener = {
@@ -82,7 +88,7 @@ impl Application {
             }
         };
         let queries = OrderQueryServiceServer::new(OrderQueries {
-            pool: reads,
+            pool: reads.clone(),
             claims: pool.clone(),
             changes,
             shutdown: shutdown.clone(),
@@ -105,6 +111,7 @@ impl Application {
             grpc_services: vec!["orders.internal.v1.OrderQueryService"],
             relay_wakeup: Default::default(),
             workers: vec![listener],
+            metered_pools: vec![("reads", reads), ("watches", watches)],
         };
         service
             .run(

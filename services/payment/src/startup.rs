@@ -47,6 +47,7 @@ impl Application {
                 "PAYMENT_GRPC_ADDR",
                 "0.0.0.0:50053",
                 "PAYMENT_DATABASE_URL",
+                "0.0.0.0:9103",
             )?,
             provider: SimulatedProvider::from_env()?,
             provider_policy: ProviderPolicy::from_env()?,
@@ -79,8 +80,10 @@ impl Application {
             SCHEMA,
             &self.config.service.membership.instance_id,
         );
-        let queries = PaymentServiceServer::new(PaymentQueries { pool: reads })
-            .max_decoding_message_size(MAX_REQUEST_BYTES);
+        let queries = PaymentServiceServer::new(PaymentQueries {
+            pool: reads.clone(),
+        })
+        .max_decoding_message_size(MAX_REQUEST_BYTES);
         let relay_wakeup = Arc::new(Notify::new());
         let settlement = Arc::new(Settlement {
             pool: pool.clone(),
@@ -111,6 +114,7 @@ impl Application {
             grpc_services: vec!["payments.v1.PaymentService"],
             relay_wakeup,
             workers: vec![settling],
+            metered_pools: vec![("reads", reads)],
         };
         service
             .run(

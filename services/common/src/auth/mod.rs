@@ -15,7 +15,7 @@ mod config;
 mod jwt;
 mod layer;
 mod limits;
-mod methods;
+pub(crate) mod methods;
 
 pub use caller::{AccessDenied, Caller, Scopes};
 pub use config::{AuthConfig, AuthMode, JwtSettings};

@@ -8,6 +8,7 @@ use diesel::QueryResult;
 use diesel_async::{AsyncConnection, AsyncPgConnection};
 use futures::FutureExt;
 
+use super::after_commit;
 use super::dead_letter::dead_letter;
 use super::offsets::{Fence, StoredPosition, store_position};
 use super::{EventHandler, InboundRecord, Rejection};
@@ -80,6 +81,8 @@ pub async fn commit_records<H: EventHandler>(
         Ok(outcome) => Ok(outcome),
         Err(TxError::LeaseLost) => Err(lost()),
         Err(TxError::Query(err)) if isolate(DbFailure::of(&err)) => {
+            // What the rolled-back attempt queued is undone with it.
+            after_commit::roll_back_to(0);
             tracing::warn!(
                 %topic, partition, offset = batch.first().map(|r| r.offset), error = %err,
                 "the database refused a batch, applying its records one by one"
@@ -214,6 +217,7 @@ async fn apply_alone<H: EventHandler>(
             Ok(event) => event,
             Err(rejection) => return Ok(Err(rejection)),
         };
+        let savepoint = after_commit::mark();
         let applied = conn
             .transaction::<_, diesel::result::Error, _>(async |conn| {
                 apply_guarded(handler, conn, vec![event]).await
@@ -223,6 +227,7 @@ async fn apply_alone<H: EventHandler>(
             Ok(messages) => return Ok(Ok(messages)),
             Err(err) => err,
         };
+        after_commit::roll_back_to(savepoint);
         match DbFailure::of(&err) {
             DbFailure::Transient => return Err(err),
             DbFailure::Unclassified if attempt == 1 => continue,

@@ -20,9 +20,11 @@
 //! the broker are transient and retried with backoff, in order, skipping
 //! nothing.
 
+mod after_commit;
 mod commit;
 mod dead_letter;
 mod log_changes;
+pub mod metrics;
 mod offsets;
 mod partitions;
 mod progress;
@@ -45,9 +47,10 @@ use tokio_util::sync::CancellationToken;
 
 use oms_api::{Event, EventEnvelope};
 
+pub use after_commit::after_commit;
 pub use commit::{BatchOutcome, CommitError, DbFailure, Position, commit_records};
 pub use offsets::Fence;
-pub use progress::{ConsumerProgress, PartitionProgress};
+pub use progress::{ConsumerProgress, PartitionProgress, PartitionSnapshot};
 pub use unreadable::MAX_UNREADABLE_FETCHES;
 
 use crate::config::KafkaConfig;
@@ -255,6 +258,7 @@ impl<H: EventHandler> Consumer<H> {
         let mut unreadable = UnreadableFetches::new(&topic, partition);
         let mut log_watch = LogWatch::default();
         let progress = self.stats.progress.partition(&topic, partition);
+        progress.leased(grant.fence.epoch);
         while !shutdown.is_cancelled() {
             let Some(current) = &position else {
                 match self.resume_position(&client).await {
@@ -485,8 +489,22 @@ impl<H: EventHandler> Consumer<H> {
             new_offset,
             fence,
         };
-        let outcome =
-            commit_records(&self.pool, &*self.handler, &at, batch, earlier_failures).await?;
+        let started = Instant::now();
+        let outcome = after_commit::run_after(commit_records(
+            &self.pool,
+            &*self.handler,
+            &at,
+            batch,
+            earlier_failures,
+        ))
+        .await?;
+        metrics::committed(
+            topic,
+            partition,
+            batch.len(),
+            outcome.dead_letters,
+            started.elapsed(),
+        );
         if outcome.wrote_outbox {
             self.relay_wakeup.notify_one();
         }

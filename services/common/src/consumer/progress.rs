@@ -21,6 +21,21 @@ struct PartitionState {
     /// up, which counts as a stall too.
     behind: bool,
     last_error: Option<String>,
+    /// The last commit, or when this instance took the partition.
+    last_commit: Instant,
+    /// The epoch of the lease this instance holds on the partition.
+    epoch: Option<i64>,
+}
+
+/// A partition's figures for the metrics.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PartitionSnapshot {
+    pub topic: String,
+    pub partition: i32,
+    /// Records past the stored position, as of the last fetch.
+    pub lag: i64,
+    pub since_commit: Duration,
+    pub epoch: Option<i64>,
 }
 
 /// The progress of one partition, updated by its consumer task.
@@ -38,6 +53,8 @@ impl PartitionProgress {
                 last_progress: Instant::now(),
                 behind: false,
                 last_error: None,
+                last_commit: Instant::now(),
+                epoch: None,
             }),
         }
     }
@@ -70,7 +87,13 @@ impl PartitionProgress {
             state.last_progress = Instant::now();
             state.behind = false;
             state.last_error = None;
+            state.last_commit = state.last_progress;
         });
+    }
+
+    /// This instance consumes the partition under a lease of `epoch`.
+    pub fn leased(&self, epoch: i64) {
+        self.update(|state| state.epoch = Some(epoch));
     }
 
     /// Something failed; kept to say why the partition does not move.
@@ -107,6 +130,30 @@ impl ConsumerProgress {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .remove(&(topic.to_owned(), partition));
+    }
+
+    /// Every partition's figures, for the metrics.
+    pub fn snapshot(&self) -> Vec<PartitionSnapshot> {
+        let partitions = self
+            .partitions
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        partitions
+            .iter()
+            .map(|((topic, partition), progress)| {
+                let state = progress
+                    .state
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner());
+                PartitionSnapshot {
+                    topic: topic.clone(),
+                    partition: *partition,
+                    lag: (state.high_watermark - state.next_offset).max(0),
+                    since_commit: state.last_commit.elapsed(),
+                    epoch: state.epoch,
+                }
+            })
+            .collect()
     }
 
     /// `Err` describing every partition with records waiting that has not
@@ -185,6 +232,31 @@ mod tests {
         assert!(why.contains("past the log's end"), "{why}");
         partition.fetched(5, 5);
         assert!(progress.check(Duration::from_secs(60)).is_ok());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_snapshot_gives_lag_time_since_commit_and_lease() {
+        let progress = ConsumerProgress::default();
+        let partition = progress.partition("orders", 2);
+        partition.leased(7);
+        partition.fetched(10, 15);
+        tokio::time::advance(Duration::from_secs(3)).await;
+        let snapshot = |lag, secs| PartitionSnapshot {
+            topic: "orders".into(),
+            partition: 2,
+            lag,
+            since_commit: Duration::from_secs(secs),
+            epoch: Some(7),
+        };
+        assert_eq!(progress.snapshot(), [snapshot(5, 3)]);
+        partition.committed(15);
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert_eq!(progress.snapshot(), [snapshot(0, 1)]);
+        // Past the log's end is no negative lag.
+        partition.fetched(15, 12);
+        assert_eq!(progress.snapshot()[0].lag, 0);
+        progress.forget("orders", 2);
+        assert!(progress.snapshot().is_empty());
     }
 
     #[tokio::test(start_paused = true)]

@@ -149,6 +149,7 @@ impl<H: EventHandler> Consumer<H> {
                     "skipped a record the client cannot read; its dead letter names it"
                 );
                 self.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
+                super::metrics::dead_lettered(&topic, 1);
                 self.relay_wakeup.notify_one();
                 true
             }

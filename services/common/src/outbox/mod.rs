@@ -27,6 +27,7 @@
 //! (see `membership`) are adopted by another relay at its next sweep, and
 //! rows with no owner (written by hand) by any.
 
+pub mod metrics;
 mod relay;
 
 pub use relay::{Relay, RelayStats};

@@ -12,9 +12,10 @@ use rskafka::client::error::{Error as RsKafkaError, ProtocolError};
 use rskafka::client::partition::{Compression, PartitionClient};
 use rskafka::record::Record;
 use tokio::sync::Notify;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::{OutboxRow, RELAY_BATCH, adopt_orphans, delete_published, load_pending, park};
+use super::{OutboxRow, RELAY_BATCH, adopt_orphans, delete_published, load_pending, metrics, park};
 use crate::db::{DbError, DbPool};
 use crate::kafka::{KafkaError, Producer, RECORD_BATCH_OVERHEAD, encoded_size, partition_for_key};
 use crate::membership::Membership;
@@ -246,12 +247,16 @@ impl Relay {
             let Some(left) = self.membership.member_for() else {
                 return Err(RelayError::NotMember);
             };
+            let started = Instant::now();
             let sent = match tokio::time::timeout(left, produce(client, &request)).await {
                 Ok(sent) => sent,
                 Err(_) => return Err(RelayError::NotMember),
             };
             match sent {
-                Ok(()) => self.acknowledged(topic, partition, &request).await?,
+                Ok(()) => {
+                    metrics::published(request.len(), started.elapsed());
+                    self.acknowledged(topic, partition, &request).await?
+                }
                 Err(err) if !is_permanent(&err) => return Err(err.into()),
                 Err(err) if request.len() == 1 => {
                     self.park(topic, request[0].id, &err.to_string()).await?;
@@ -294,6 +299,7 @@ impl Relay {
         let mut conn = self.pool.get().await.map_err(DbError::from)?;
         park(&mut conn, id, error).await?;
         self.stats.parked.fetch_add(1, Ordering::Relaxed);
+        metrics::parked();
         tracing::error!(
             topic,
             id,
