@@ -16,6 +16,7 @@ pub mod kafka;
 pub mod load;
 pub mod metrics;
 pub mod orders;
+pub mod otlp;
 pub mod process;
 pub mod proxy;
 pub mod raw_produce;

@@ -107,6 +107,11 @@ impl System {
         self.entry(name).1
     }
 
+    /// The service's log file.
+    pub fn log(&self, name: &str) -> std::path::PathBuf {
+        self.entry(name).0.log.clone()
+    }
+
     /// Where the service serves `/metrics`.
     pub fn metrics_addr(&self, name: &str) -> SocketAddr {
         self.metrics

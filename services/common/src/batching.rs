@@ -92,6 +92,7 @@ impl Pending {
 
 pub struct BatchingProducer {
     producer: Arc<Producer>,
+    topic: String,
     partitions: Vec<mpsc::Sender<Pending>>,
     timeout: Duration,
     max_message_bytes: usize,
@@ -136,6 +137,7 @@ impl BatchingProducer {
             .collect();
         Ok(Self {
             producer,
+            topic: topic.to_owned(),
             partitions,
             timeout,
             max_message_bytes,
@@ -145,6 +147,15 @@ impl BatchingProducer {
     /// The underlying producer, for health probes.
     pub fn producer(&self) -> &Arc<Producer> {
         &self.producer
+    }
+
+    pub fn topic(&self) -> &str {
+        &self.topic
+    }
+
+    /// The partition a record keyed `key` goes to.
+    pub fn partition_of(&self, key: &[u8]) -> i32 {
+        partition_for_key(key, self.partitions.len())
     }
 
     /// Produces `record` to its key's partition and returns once the broker

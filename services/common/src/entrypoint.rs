@@ -1,9 +1,11 @@
 //! What every binary's `main` does: read the config (a bad value exits 2
 //! with a message naming the variable, before logging exists), start
 //! logging, install the signal handlers, run, and report a failure with its
-//! whole cause chain (exit 1).
+//! whole cause chain (exit 1). Spans still queued for export are flushed
+//! before the process ends.
 
 use std::future::Future;
+use std::time::Duration;
 
 use anyhow::Context;
 use tokio_util::sync::CancellationToken;
@@ -23,12 +25,22 @@ where
             std::process::exit(2);
         }
     };
-    telemetry::init(log_format);
+    let telemetry = match telemetry::init(log_format, name) {
+        Ok(telemetry) => telemetry,
+        Err(err) => {
+            eprintln!("{name}: {err}");
+            std::process::exit(2);
+        }
+    };
     let result = async {
         let shutdown = shutdown::on_signal().context("failed to install signal handlers")?;
         run(config, shutdown).await
     };
-    if let Err(err) = result.await {
+    let result = result.await;
+    // The spans of the last calls and batches go out before the process.
+    let flush_within = shutdown::grace_period().unwrap_or(Duration::from_secs(10));
+    telemetry.shutdown(flush_within).await;
+    if let Err(err) = result {
         tracing::error!(error = format!("{err:#}"), "{name} failed");
         std::process::exit(1);
     }

@@ -19,6 +19,7 @@ use crate::config::{ConfigError, listen_addr, var};
 use crate::health::Readiness;
 use crate::metrics::MetricsConfig;
 use crate::metrics::grpc::MetricsLayer;
+use crate::telemetry::grpc::TraceLayer;
 use crate::tls::ServerTls;
 
 /// The largest request message the servers decode. Our requests are a few
@@ -190,8 +191,9 @@ pub async fn serve(
         .concurrency_limit_per_connection(MAX_CONCURRENT_REQUESTS_PER_CONNECTION)
         .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
         .http2_max_header_list_size(MAX_METADATA_BYTES)
-        // Outermost, so that refused calls are counted too.
+        // Outermost, so that refused calls are counted and traced too.
         .layer(MetricsLayer)
+        .layer(TraceLayer)
         .layer(serving.auth.layer())
         .add_routes(routes)
         .serve_with_incoming_shutdown(incoming, stop.cancelled_owned())

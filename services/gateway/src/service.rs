@@ -22,7 +22,9 @@ use oms_common::auth::{AccessDenied, Caller};
 use oms_common::batching::{BatchingProducer, ProduceError};
 use oms_common::grpc::{SERVER_TIMEOUT, timeout_of};
 use oms_common::kafka::KeyedRecord;
+use oms_common::telemetry::propagation::{inject_span_into_record, is_enabled as tracing_enabled};
 use tonic_types::FieldViolation;
+use tracing::Instrument;
 
 use crate::error::GatewayError;
 use crate::idempotency;
@@ -119,11 +121,25 @@ impl Gateway {
             request_id: order.request_id.clone().unwrap_or_default(),
             create_time: Some(create_time),
         };
-        let record = KeyedRecord {
+        let mut record = KeyedRecord {
             key: order_id.as_bytes().to_vec(),
             value: prost::Message::encode_to_vec(&event),
             headers: EventEnvelope::new::<OrderCreated>(SOURCE, &order_id).to_headers(),
         };
+        let span = tracing_enabled().then(|| {
+            let span = tracing::info_span!(
+                "publish",
+                otel.name = %format_args!("send {}", producer.topic()),
+                otel.kind = "producer",
+                messaging.system = "kafka",
+                messaging.operation.type = "send",
+                messaging.destination.name = producer.topic(),
+                messaging.destination.partition.id = %producer.partition_of(&record.key),
+                messaging.kafka.message.key = %order_id,
+            );
+            inject_span_into_record(&span, &mut record.headers);
+            span
+        });
         // The batch carrying the record is produced by a task of its own,
         // which this call cannot stop. The batcher drops the record if the
         // deadline passes before its batch goes, and abandons the batch at
@@ -131,7 +147,10 @@ impl Gateway {
         // is not published afterwards.
         let started = Instant::now();
         let deadline = caller_deadline.min(started + self.publish_timeout);
-        let published = producer.produce_by(record, deadline).await;
+        let published = producer
+            .produce_by(record, deadline)
+            .instrument(span.unwrap_or_else(tracing::Span::none))
+            .await;
         metrics::published(started.elapsed(), &published);
         published.map_err(|err| match err {
             ProduceError::TooLarge { size, limit } => GatewayError::OrderTooLarge { size, limit },

@@ -18,6 +18,7 @@ use oms_api::orders::events::v1::ProcessPayment;
 use oms_api::validation;
 use oms_common::consumer::{EventHandler, InboundRecord, Rejection};
 use oms_common::outbox::OutboxMessage;
+use oms_common::telemetry::causes;
 
 use crate::repository::{self, NewPayment, STATUS_PENDING};
 
@@ -80,6 +81,7 @@ fn pending(request: PaymentRequest) -> NewPayment {
         amount_minor: request.amount_minor,
         currency_code: request.currency_code,
         status: STATUS_PENDING,
+        trace_parent: causes::traceparent_of(request.order_id.to_string().as_bytes()),
     }
 }
 

@@ -45,6 +45,8 @@ pub struct NewPayment {
     pub amount_minor: i64,
     pub currency_code: String,
     pub status: &'static str,
+    /// The trace the payment continues (see the migration).
+    pub trace_parent: Option<String>,
 }
 
 #[derive(Debug, Clone, Queryable, Selectable)]
@@ -60,6 +62,7 @@ pub struct PaymentRow {
     /// Provider calls made (each counted just before it is made).
     pub attempts: i32,
     pub create_time: DateTime<Utc>,
+    pub trace_parent: Option<String>,
 }
 
 /// The order's payment, if it has one.

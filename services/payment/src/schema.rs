@@ -15,5 +15,6 @@ diesel::table! {
         update_time -> Timestamptz,
         settler -> Nullable<Text>,
         unanswered -> Int4,
+        trace_parent -> Nullable<Text>,
     }
 }

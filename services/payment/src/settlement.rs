@@ -455,6 +455,7 @@ impl<P: PaymentProvider> Settlement<P> {
                     &order_id,
                     &event,
                 )
+                .continuing(payment.trace_parent.as_deref())
             }
             Some(reason) => {
                 let event = PaymentFailed {
@@ -470,6 +471,7 @@ impl<P: PaymentProvider> Settlement<P> {
                     &order_id,
                     &event,
                 )
+                .continuing(payment.trace_parent.as_deref())
             }
         }
     }

@@ -134,10 +134,12 @@ impl Caller {
         }
     }
 
-    /// Adds the caller's credentials to a call made on its behalf.
+    /// Adds the caller's credentials to a call made on its behalf, and the
+    /// current trace context, so the service called continues the trace.
     pub fn forward<T>(&self, message: T) -> tonic::Request<T> {
         let mut request = tonic::Request::new(message);
         self.forward_into(request.metadata_mut());
+        crate::telemetry::propagation::inject_current_into_metadata(request.metadata_mut());
         request
     }
 

@@ -28,6 +28,7 @@ pub mod metrics;
 mod offsets;
 mod partitions;
 mod progress;
+mod spans;
 mod unreadable;
 
 use std::collections::BTreeMap;
@@ -490,14 +491,15 @@ impl<H: EventHandler> Consumer<H> {
             fence,
         };
         let started = Instant::now();
-        let outcome = after_commit::run_after(commit_records(
+        let spans = spans::for_batch(topic, partition, batch);
+        let commit = after_commit::run_after(commit_records(
             &self.pool,
             &*self.handler,
             &at,
             batch,
             earlier_failures,
-        ))
-        .await?;
+        ));
+        let outcome = spans::traced(spans.as_ref(), commit).await?;
         metrics::committed(
             topic,
             partition,

@@ -42,6 +42,7 @@ use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use oms_api::{Event, EventEnvelope};
 
 use crate::schema::outbox;
+use crate::telemetry::{causes, propagation};
 
 /// How many rows the relay publishes per round.
 pub const RELAY_BATCH: i64 = 500;
@@ -56,14 +57,27 @@ pub struct OutboxMessage {
 }
 
 impl OutboxMessage {
-    /// Wraps `event` in a new CloudEvents envelope, keyed by `order_id`.
+    /// Wraps `event` in a new CloudEvents envelope, keyed by `order_id`,
+    /// with the trace context of its cause (see `telemetry::causes`).
     pub fn event<E: Event>(topic: String, source: &str, order_id: &str, event: &E) -> Self {
+        let mut headers = EventEnvelope::new::<E>(source, order_id).to_headers();
+        causes::inject_cause(order_id.as_bytes(), &mut headers);
         Self {
             topic,
             key: order_id.as_bytes().to_vec(),
             payload: event.encode_to_vec(),
-            headers: EventEnvelope::new::<E>(source, order_id).to_headers(),
+            headers,
         }
+    }
+
+    /// Makes the event continue the trace of a stored `traceparent`, for
+    /// work resumed in another task than its cause.
+    pub fn continuing(mut self, traceparent: Option<&str>) -> Self {
+        if let Some(traceparent) = traceparent {
+            let cause = propagation::from_traceparent(traceparent);
+            propagation::inject_into_record(&cause, &mut self.headers);
+        }
+        self
     }
 }
 

@@ -1,9 +1,24 @@
 //! Structured logging with `tracing`: `RUST_LOG` picks the levels and
 //! `LOG_FORMAT` picks human-readable `text` or machine-readable `json`.
+//! With an OTLP endpoint configured, the same spans are exported as
+//! OpenTelemetry traces (`export`), carried across gRPC and Kafka
+//! (`propagation`, `grpc`).
+
+pub mod causes;
+mod export;
+pub mod grpc;
+mod json;
+pub mod propagation;
+
+use std::time::Duration;
 
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::fmt::format::JsonFields;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
 
 use crate::config::{ConfigError, var};
+use export::SpanExport;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogFormat {
@@ -25,15 +40,50 @@ impl LogFormat {
     }
 }
 
-/// Installs the global subscriber. Call once, from `main`.
-pub fn init(format: LogFormat) {
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(log_filter(var("RUST_LOG").as_deref()))
-        .with_target(false);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().flatten_event(true).init(),
+/// What `init` set up; `shutdown` exports the spans still queued.
+pub struct Telemetry {
+    export: Option<SpanExport>,
+}
+
+impl Telemetry {
+    pub async fn shutdown(self, timeout: Duration) {
+        if let Some(export) = self.export {
+            export.shutdown(timeout).await;
+        }
     }
+}
+
+/// Installs the global subscriber: logs in `format`, and spans exported
+/// as `service_name` when an OTLP endpoint is configured. Call once, from
+/// `main`, inside the Tokio runtime.
+pub fn init(format: LogFormat, service_name: &str) -> Result<Telemetry, ConfigError> {
+    let export = SpanExport::from_env(service_name)?;
+    let spans = export.as_ref().map(|export| {
+        tracing_opentelemetry::layer()
+            .with_tracer(export.tracer(service_name))
+            .with_tracked_inactivity(false)
+            .with_threads(false)
+    });
+    let registry = tracing_subscriber::registry()
+        .with(log_filter(var("RUST_LOG").as_deref()))
+        .with(spans);
+    match format {
+        LogFormat::Text => registry
+            .with(tracing_subscriber::fmt::layer().with_target(false))
+            .init(),
+        LogFormat::Json => registry
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .fmt_fields(JsonFields::new())
+                    .event_format(json::JsonLines),
+            )
+            .init(),
+    }
+    if export.is_some() {
+        propagation::enable();
+        tracing::info!("exporting spans over OTLP");
+    }
+    Ok(Telemetry { export })
 }
 
 /// The levels `rust_log` asks for (default: info).

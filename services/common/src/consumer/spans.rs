@@ -1,0 +1,92 @@
+//! The spans of a batch, made only while tracing is on. Each record gets a
+//! span that continues the trace its headers carry (a child of the record's
+//! context, as OpenTelemetry's messaging conventions say), with its topic,
+//! partition, offset and key. The batch gets one span, linked to every
+//! record's context, under which the handler applies it. A batch of one
+//! record is also that record span's child, so the handler's log lines
+//! carry the record's trace id; those of a larger batch carry the batch's,
+//! whose links lead to each record. The record spans are the causes of the
+//! events the batch writes (`telemetry::causes`), and end when the batch
+//! commits.
+
+use std::future::Future;
+
+use opentelemetry::trace::TraceContextExt;
+use tracing::Instrument;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+use super::InboundRecord;
+use crate::telemetry::causes::{Causes, with_causes};
+use crate::telemetry::propagation::{self, context_from_record};
+
+pub(super) struct BatchSpans {
+    batch: tracing::Span,
+    causes: Causes,
+    /// Held until the batch commits, or fails.
+    _records: Vec<tracing::Span>,
+}
+
+/// The spans of `batch` of `topic`'s `partition`; `None` while tracing is
+/// off.
+pub(super) fn for_batch(
+    topic: &str,
+    partition: i32,
+    batch: &[InboundRecord],
+) -> Option<BatchSpans> {
+    if !propagation::is_enabled() {
+        return None;
+    }
+    let name = format!("process {topic}");
+    let batch_span = tracing::info_span!(
+        parent: None,
+        "consume batch",
+        otel.name = %name,
+        otel.kind = "consumer",
+        messaging.system = "kafka",
+        messaging.operation.type = "process",
+        messaging.destination.name = topic,
+        messaging.destination.partition.id = %partition,
+        messaging.batch.message_count = batch.len(),
+    );
+    let mut causes = Causes::with_capacity(batch.len());
+    let mut records = Vec::with_capacity(batch.len());
+    for record in batch {
+        let parent = context_from_record(&record.headers);
+        batch_span.add_link(parent.span().span_context().clone());
+        let key = record.key.as_deref().unwrap_or_default();
+        let span = tracing::info_span!(
+            parent: None,
+            "consume record",
+            otel.name = %name,
+            otel.kind = "consumer",
+            messaging.system = "kafka",
+            messaging.operation.type = "process",
+            messaging.destination.name = topic,
+            messaging.destination.partition.id = %partition,
+            messaging.kafka.offset = record.offset,
+            messaging.kafka.message.key = %String::from_utf8_lossy(key),
+        );
+        let _ = span.set_parent(parent);
+        causes.insert(key.to_vec(), span.context());
+        records.push(span);
+    }
+    if let [only] = records.as_slice() {
+        let _ = batch_span.set_parent(only.context());
+    }
+    Some(BatchSpans {
+        batch: batch_span,
+        causes,
+        _records: records,
+    })
+}
+
+/// Runs `commit` under the batch's span with its records as causes, or
+/// as it is when there are no spans.
+pub(super) async fn traced<F: Future>(spans: Option<&BatchSpans>, commit: F) -> F::Output {
+    match spans {
+        Some(spans) => {
+            with_causes(spans.causes.clone(), commit.instrument(spans.batch.clone())).await
+        }
+        None => commit.await,
+    }
+}
