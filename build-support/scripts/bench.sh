@@ -82,14 +82,29 @@ logs="$ROOT/target/bench/logs-$run_id"
 mkdir -p "$logs"
 
 pids=()
+sink_pid=
 cleanup() {
   trap - INT TERM EXIT
   kill -TERM "${pids[@]}" 2>/dev/null || true
   wait "${pids[@]}" 2>/dev/null || true
+  if [[ -n "$sink_pid" ]]; then
+    kill -TERM "$sink_pid" 2>/dev/null || true
+    wait "$sink_pid" 2>/dev/null || true
+    log "OTLP sink: $(grep 'spans received' "$logs/otlp-sink.log" || echo 'no count')"
+  fi
   "$ROOT/build-support/scripts/broker.sh" stop
   psql "$admin_url" -qc "DROP DATABASE IF EXISTS bench_$run_id WITH (FORCE)" >/dev/null 2>&1 || true
 }
 trap cleanup INT TERM EXIT
+
+# BENCH_TRACES=on exports every service's spans to a sink that counts and
+# drops them (`oms-otlp-sink`), to measure what tracing costs.
+if [[ "${BENCH_TRACES:-off}" == on ]]; then
+  "$ROOT/target/release/oms-otlp-sink" 127.0.0.1:21317 >"$logs/otlp-sink.log" 2>&1 &
+  sink_pid=$!
+  export OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:21317
+fi
+log "BENCH_TRACES=${BENCH_TRACES:-off}"
 
 addrs=()
 start() { # binary, instance number, listen variable, base port

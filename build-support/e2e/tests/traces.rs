@@ -11,7 +11,7 @@ use std::time::Duration;
 use diesel_async::{RunQueryDsl, SimpleAsyncConnection};
 use uuid::Uuid;
 
-use oms_api::orders::v1::GetOrderRequest;
+use oms_api::orders::v1::{GetOrderRequest, OrderStatus};
 use oms_common::topics::{ORDER_CREATED, PAYMENT_SUCCEEDED, PROCESS_PAYMENT, TopicNames};
 use oms_testkit::TestDatabase;
 use oms_testkit::kafka;
@@ -23,8 +23,9 @@ use oms_testkit::system::{GATEWAY, NOTIFICATION, ORDER, PAYMENT, System};
 
 const WAIT: Duration = Duration::from_secs(60);
 
-/// Starts the system exporting to `collector`, quickly, with JSON logs.
-async fn traced_system(db: &TestDatabase, collector: &Collector) -> System {
+/// Starts the system exporting to `collector` every `export_every_ms`,
+/// with JSON logs.
+async fn traced_system(db: &TestDatabase, collector: &Collector, export_every_ms: u64) -> System {
     let brokers = kafka::brokers().join(",");
     let prefix = oms_testkit::unique_topic_prefix();
     System::start(
@@ -33,7 +34,7 @@ async fn traced_system(db: &TestDatabase, collector: &Collector) -> System {
         &prefix,
         &[
             ("OTEL_EXPORTER_OTLP_ENDPOINT", collector.endpoint()),
-            ("OTEL_BSP_SCHEDULE_DELAY", "100".into()),
+            ("OTEL_BSP_SCHEDULE_DELAY", export_every_ms.to_string()),
             ("LOG_FORMAT", "json".into()),
         ],
     )
@@ -81,7 +82,7 @@ fn record_of(order_id: &str) -> impl Fn(&CollectedSpan) -> bool + '_ {
 async fn one_order_is_one_trace_from_the_call_to_the_last_notification() {
     let db = TestDatabase::create().await;
     let collector = Collector::start().await;
-    let system = traced_system(&db, &collector).await;
+    let system = traced_system(&db, &collector, 100).await;
     let topics = TopicNames::new(system.prefix.clone());
     let (order_created, process_payment, payment_succeeded) = (
         topics.name(ORDER_CREATED),
@@ -275,7 +276,7 @@ async fn one_order_is_one_trace_from_the_call_to_the_last_notification() {
 async fn an_event_published_after_its_relay_was_killed_keeps_the_original_trace() {
     let db = TestDatabase::create().await;
     let collector = Collector::start().await;
-    let mut system = traced_system(&db, &collector).await;
+    let mut system = traced_system(&db, &collector, 100).await;
     let process_payment = TopicNames::new(system.prefix.clone()).name(PROCESS_PAYMENT);
     // The order service's outbox rows go to a member that never publishes,
     // so the row is committed and stays unpublished.
@@ -361,4 +362,47 @@ async fn an_event_published_after_its_relay_was_killed_keeps_the_original_trace(
         "it continues the killed process's record span"
     );
     system.shut_down();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn spans_still_queued_at_shutdown_reach_the_collector_before_the_processes_exit() {
+    let db = TestDatabase::create().await;
+    let collector = Collector::start().await;
+    // Nothing leaves on the schedule: only the flush at shutdown exports.
+    let system = traced_system(&db, &collector, 600_000).await;
+    let trace_id = new_trace_id();
+    let mut client = system.gateway().await;
+    let accepted = client
+        .create_order(traced(order("carol", ""), &trace_id, "00f067aa0ba902b7"))
+        .await
+        .expect("create order")
+        .into_inner();
+    oms_testkit::eventually("the order paid", WAIT, || {
+        let (mut client, order_id) = (client.clone(), accepted.order_id.clone());
+        async move {
+            // NOT_FOUND until the order service has recorded it.
+            let order = client.get_order(GetOrderRequest { order_id }).await;
+            order.is_ok_and(|order| order.into_inner().status == OrderStatus::Paid as i32)
+        }
+    })
+    .await;
+    assert!(
+        collector.spans().iter().all(|s| s.trace_id != trace_id),
+        "spans were exported before shutdown, so this proves nothing"
+    );
+    system.shut_down();
+    let spans = collector.spans();
+    let services: std::collections::BTreeSet<&str> = spans
+        .iter()
+        .filter(|s| s.trace_id == trace_id)
+        .map(|s| s.service.as_str())
+        .collect();
+    assert_eq!(
+        services,
+        [GATEWAY, NOTIFICATION, ORDER, PAYMENT]
+            .into_iter()
+            .collect(),
+        "{}",
+        describe(&spans)
+    );
 }

@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -48,17 +49,33 @@ type Received = Arc<Mutex<Vec<CollectedSpan>>>;
 pub struct Collector {
     pub addr: SocketAddr,
     received: Received,
+    count: Arc<AtomicU64>,
     _stop: DropGuard,
 }
 
 impl Collector {
-    /// Serves OTLP/gRPC on a free port until dropped.
+    /// Serves OTLP/gRPC on a free port until dropped, keeping every span.
     pub async fn start() -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        Self::serve(listener, true)
+    }
+
+    /// Serves on `addr` and only counts the spans: a sink for the
+    /// benchmark, which must not grow with the run.
+    pub async fn counting_on(addr: SocketAddr) -> std::io::Result<Self> {
+        Ok(Self::serve(TcpListener::bind(addr).await?, false))
+    }
+
+    fn serve(listener: TcpListener, keep: bool) -> Self {
         let addr = listener.local_addr().expect("addr");
         let received = Received::default();
+        let count = Arc::new(AtomicU64::new(0));
         let stop = CancellationToken::new();
-        let service = TraceServiceServer::new(Receiver(Arc::clone(&received)));
+        let service = TraceServiceServer::new(Receiver {
+            received: Arc::clone(&received),
+            count: Arc::clone(&count),
+            keep,
+        });
         let stopped = stop.clone();
         tokio::spawn(async move {
             tonic::transport::Server::builder()
@@ -73,8 +90,14 @@ impl Collector {
         Self {
             addr,
             received,
+            count,
             _stop: stop.drop_guard(),
         }
+    }
+
+    /// Spans received so far.
+    pub fn count(&self) -> u64 {
+        self.count.load(Ordering::Relaxed)
     }
 
     /// `OTEL_EXPORTER_OTLP_ENDPOINT` for the services.
@@ -131,7 +154,11 @@ pub fn describe(spans: &[CollectedSpan]) -> String {
         .join("\n")
 }
 
-struct Receiver(Received);
+struct Receiver {
+    received: Received,
+    count: Arc<AtomicU64>,
+    keep: bool,
+}
 
 #[tonic::async_trait]
 impl TraceService for Receiver {
@@ -139,8 +166,21 @@ impl TraceService for Receiver {
         &self,
         request: tonic::Request<ExportTraceServiceRequest>,
     ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        let request = request.into_inner();
+        let spans: usize = request
+            .resource_spans
+            .iter()
+            .flat_map(|resource| &resource.scope_spans)
+            .map(|scope| scope.spans.len())
+            .sum();
+        self.count.fetch_add(spans as u64, Ordering::Relaxed);
+        if !self.keep {
+            return Ok(tonic::Response::new(ExportTraceServiceResponse {
+                partial_success: None,
+            }));
+        }
         let mut collected = Vec::new();
-        for resource_spans in request.into_inner().resource_spans {
+        for resource_spans in request.resource_spans {
             let resource = resource_spans
                 .resource
                 .map(|resource| attributes(&resource.attributes))
@@ -165,7 +205,7 @@ impl TraceService for Receiver {
                 }
             }
         }
-        self.0.lock().expect("lock").extend(collected);
+        self.received.lock().expect("lock").extend(collected);
         Ok(tonic::Response::new(ExportTraceServiceResponse {
             partial_success: None,
         }))
