@@ -39,7 +39,7 @@ const SERVICE_FAMILIES: &[&str] = &[
     "oms_outbox_oldest_row_age_seconds",
     "oms_outbox_parked_rows",
     "oms_db_pool_connections",
-    "oms_db_pool_waiting_checkouts",
+    "oms_db_pool_checkout_wait_seconds_total",
     "oms_db_pool_checkout_timeouts_total",
     "process_cpu_seconds_total",
     "process_resident_memory_bytes",

@@ -24,8 +24,13 @@ use oms_testkit::system::{GATEWAY, NOTIFICATION, ORDER, PAYMENT, System};
 const WAIT: Duration = Duration::from_secs(60);
 
 /// Starts the system exporting to `collector` every `export_every_ms`,
-/// with JSON logs.
-async fn traced_system(db: &TestDatabase, collector: &Collector, export_every_ms: u64) -> System {
+/// with JSON logs at `log_level`.
+async fn traced_system(
+    db: &TestDatabase,
+    collector: &Collector,
+    export_every_ms: u64,
+    log_level: &str,
+) -> System {
     let brokers = kafka::brokers().join(",");
     let prefix = oms_testkit::unique_topic_prefix();
     System::start(
@@ -36,6 +41,7 @@ async fn traced_system(db: &TestDatabase, collector: &Collector, export_every_ms
             ("OTEL_EXPORTER_OTLP_ENDPOINT", collector.endpoint()),
             ("OTEL_BSP_SCHEDULE_DELAY", export_every_ms.to_string()),
             ("LOG_FORMAT", "json".into()),
+            ("RUST_LOG", log_level.into()),
         ],
     )
     .await
@@ -82,7 +88,7 @@ fn record_of(order_id: &str) -> impl Fn(&CollectedSpan) -> bool + '_ {
 async fn one_order_is_one_trace_from_the_call_to_the_last_notification() {
     let db = TestDatabase::create().await;
     let collector = Collector::start().await;
-    let system = traced_system(&db, &collector, 100).await;
+    let system = traced_system(&db, &collector, 100, "info").await;
     let topics = TopicNames::new(system.prefix.clone());
     let (order_created, process_payment, payment_succeeded) = (
         topics.name(ORDER_CREATED),
@@ -223,6 +229,10 @@ async fn one_order_is_one_trace_from_the_call_to_the_last_notification() {
         })
         .unwrap_or_else(|| panic!("no batch links the record:\n{}", describe(&spans)));
     assert_eq!(batch.name, format!("process {order_created}"));
+    let transaction = find(&spans, ORDER, "postgresql transaction", |s| {
+        s.parent_span_id == batch.span_id
+    });
+    assert_eq!(transaction.attribute("db.system.name"), Some("postgresql"));
 
     // A read goes gateway -> order service in the same trace.
     let read_trace = new_trace_id();
@@ -276,7 +286,7 @@ async fn one_order_is_one_trace_from_the_call_to_the_last_notification() {
 async fn an_event_published_after_its_relay_was_killed_keeps_the_original_trace() {
     let db = TestDatabase::create().await;
     let collector = Collector::start().await;
-    let mut system = traced_system(&db, &collector, 100).await;
+    let mut system = traced_system(&db, &collector, 100, "info").await;
     let process_payment = TopicNames::new(system.prefix.clone()).name(PROCESS_PAYMENT);
     // The order service's outbox rows go to a member that never publishes,
     // so the row is committed and stays unpublished.
@@ -369,7 +379,8 @@ async fn spans_still_queued_at_shutdown_reach_the_collector_before_the_processes
     let db = TestDatabase::create().await;
     let collector = Collector::start().await;
     // Nothing leaves on the schedule: only the flush at shutdown exports.
-    let system = traced_system(&db, &collector, 600_000).await;
+    // And logs at warn, as the benchmark runs, must not silence the spans.
+    let system = traced_system(&db, &collector, 600_000, "warn").await;
     let trace_id = new_trace_id();
     let mut client = system.gateway().await;
     let accepted = client
@@ -386,11 +397,28 @@ async fn spans_still_queued_at_shutdown_reach_the_collector_before_the_processes
         }
     })
     .await;
+    oms_testkit::eventually("both notifications recorded", WAIT, || {
+        let (db, order_id) = (&db, accepted.order_id.clone());
+        async move {
+            let mut conn = db.connect("notification_service").await;
+            let recorded: i64 = diesel::dsl::select(diesel::dsl::sql::<diesel::sql_types::BigInt>(
+                &format!("(SELECT count(*) FROM notifications WHERE order_id = '{order_id}')"),
+            ))
+            .get_result(&mut conn)
+            .await
+            .expect("count");
+            recorded == 2
+        }
+    })
+    .await;
     assert!(
         collector.spans().iter().all(|s| s.trace_id != trace_id),
         "spans were exported before shutdown, so this proves nothing"
     );
-    system.shut_down();
+    // Off the runtime's workers: the collector on them takes the flushes.
+    tokio::task::spawn_blocking(move || system.shut_down())
+        .await
+        .expect("shut down");
     let spans = collector.spans();
     let services: std::collections::BTreeSet<&str> = spans
         .iter()

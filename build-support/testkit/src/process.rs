@@ -52,11 +52,11 @@ impl ServiceProcess {
             // Any free port: tests run many services at once, and those
             // that scrape pass the address they chose.
             .env("METRICS_ADDR", "127.0.0.1:0")
-            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
             .env(
                 "RUST_LOG",
                 std::env::var("TEST_SERVICE_LOG").unwrap_or_else(|_| "info".into()),
             )
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
             .stdin(Stdio::null())
             .stdout(file.try_clone().expect("clone log handle"))
             .stderr(file)

@@ -191,7 +191,9 @@ pub async fn serve(
         .concurrency_limit_per_connection(MAX_CONCURRENT_REQUESTS_PER_CONNECTION)
         .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
         .http2_max_header_list_size(MAX_METADATA_BYTES)
-        // Outermost, so that refused calls are counted and traced too.
+        // Outside authentication, so refused calls are counted and traced
+        // too. (tonic's own timeout and concurrency layers sit outside
+        // these.)
         .layer(MetricsLayer)
         .layer(TraceLayer)
         .layer(serving.auth.layer())
@@ -242,7 +244,7 @@ pub fn timeout_of<T>(request: &tonic::Request<T>) -> Option<Duration> {
 
 /// Reads a `grpc-timeout` value: at most 8 digits and a unit (H, M, S, m, u
 /// or n), as the gRPC HTTP/2 protocol defines it.
-fn parse_grpc_timeout(value: &str) -> Option<Duration> {
+pub(crate) fn parse_grpc_timeout(value: &str) -> Option<Duration> {
     if !value.is_ascii() {
         return None;
     }

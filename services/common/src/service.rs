@@ -113,18 +113,7 @@ impl<H: EventHandler> EventService<H> {
         let server_stop = CancellationToken::new();
         grpc::spawn_health_port(&config.serving, &readiness, server_stop.clone()).await?;
         let stats = Arc::new(ConsumerStats::default());
-        let mut pools = vec![("main", pool.clone())];
-        pools.append(&mut self.metered_pools);
-        outbox::metrics::describe();
-        for topic in &self.consumes {
-            consumer::metrics::dead_lettered(topic, 0);
-        }
-        let mut metrics = MetricsEndpoint::default();
-        metrics.refresh_with(metrics::pools::refresh(pools));
-        metrics.refresh_with(consumer::metrics::refresh(Arc::clone(&stats)));
-        metrics.refresh_with(outbox::metrics::refresh(pool.clone()));
-        metrics
-            .spawn(&config.serving.metrics, server_stop.clone())
+        self.serve_metrics(config, &pool, &stats, server_stop.clone())
             .await?;
         let server = tokio::spawn(grpc::serve(
             listener,
@@ -240,6 +229,38 @@ impl<H: EventHandler> EventService<H> {
         }
         tracing::info!(service = self.name, "stopped");
         Ok(())
+    }
+
+    /// Serves the metrics on `METRICS_ADDR` until `stop`: every family
+    /// registered at once, and the hooks that read pools, partitions and
+    /// the outbox at each scrape.
+    async fn serve_metrics(
+        &mut self,
+        config: &ServiceConfig,
+        pool: &DbPool,
+        stats: &Arc<ConsumerStats>,
+        stop: CancellationToken,
+    ) -> anyhow::Result<()> {
+        outbox::metrics::describe();
+        for topic in &self.consumes {
+            consumer::metrics::dead_lettered(topic, 0);
+        }
+        // Scrapes read the outbox through a connection of their own, so a
+        // slow count never holds one the consumers or callers need.
+        let scrape_pool = db::named_pool(
+            1,
+            &config.database,
+            self.schema,
+            &format!("{} metrics", self.schema),
+            &config.membership.instance_id,
+        );
+        let mut pools = vec![("main", pool.clone()), ("metrics", scrape_pool.clone())];
+        pools.append(&mut self.metered_pools);
+        let mut endpoint = MetricsEndpoint::default();
+        endpoint.refresh_with(metrics::pools::refresh(pools));
+        endpoint.refresh_with(consumer::metrics::refresh(Arc::clone(stats)));
+        endpoint.refresh_with(outbox::metrics::refresh(scrape_pool));
+        endpoint.spawn(&config.serving.metrics, stop).await
     }
 
     async fn try_start_dependencies(&self, config: &ServiceConfig) -> anyhow::Result<Arc<Client>> {

@@ -2,11 +2,12 @@
 //! span that continues the trace its headers carry (a child of the record's
 //! context, as OpenTelemetry's messaging conventions say), with its topic,
 //! partition, offset and key. The batch gets one span, linked to every
-//! record's context, under which the handler applies it. A batch of one
-//! record is also that record span's child, so the handler's log lines
-//! carry the record's trace id; those of a larger batch carry the batch's,
-//! whose links lead to each record. The record spans are the causes of the
-//! events the batch writes (`telemetry::causes`), and end when the batch
+//! record's context, and its database work a client span under it, in
+//! which the handler applies the batch. A batch of one record is also that
+//! record span's child, so the handler's log lines carry the record's trace
+//! id; those of a larger batch carry the batch's, whose links lead to each
+//! record. The record spans, not the current span, are the causes of the
+//! events the batch writes (`telemetry::causes`); they end when the batch
 //! commits.
 
 use std::future::Future;
@@ -81,11 +82,23 @@ pub(super) fn for_batch(
 }
 
 /// Runs `commit` under the batch's span with its records as causes, or
-/// as it is when there are no spans.
+/// as it is when there are no spans. The database work (checkout,
+/// transaction, commit) gets a client span of its own.
 pub(super) async fn traced<F: Future>(spans: Option<&BatchSpans>, commit: F) -> F::Output {
     match spans {
         Some(spans) => {
-            with_causes(spans.causes.clone(), commit.instrument(spans.batch.clone())).await
+            let transaction = tracing::info_span!(
+                parent: &spans.batch,
+                "batch transaction",
+                otel.name = "postgresql transaction",
+                otel.kind = "client",
+                db.system.name = "postgresql",
+                db.operation.name = "transaction",
+            );
+            let commit = commit
+                .instrument(transaction)
+                .instrument(spans.batch.clone());
+            with_causes(spans.causes.clone(), commit).await
         }
         None => commit.await,
     }

@@ -9,6 +9,7 @@
 use std::pin::Pin;
 use std::sync::LazyLock;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use futures::future::{BoxFuture, FutureExt};
 use http_body::{Body, Frame, SizeHint};
@@ -18,6 +19,7 @@ use tonic::Code;
 use tower::{Layer, Service};
 
 use crate::auth::methods::{Requirement, requirement_of};
+use crate::grpc::SERVER_TIMEOUT;
 
 static REQUESTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     super::counter_vec(
@@ -53,14 +55,23 @@ static IN_FLIGHT: LazyLock<IntGaugeVec> = LazyLock::new(|| {
 });
 
 /// The method label of a call: its path when it names one of our methods,
-/// else `other`, so that made-up paths cannot grow the label set.
+/// else `other`, so that made-up paths cannot grow the label set. (The
+/// open services take any method name, so theirs are listed.)
 fn method_label(path: &str) -> &str {
-    if requirement_of(path) == Requirement::Refused {
-        "other"
-    } else {
-        path
-    }
+    let known = match requirement_of(path) {
+        Requirement::Refused => false,
+        Requirement::Open => OPEN_METHODS.contains(&path),
+        Requirement::Read | Requirement::Write => true,
+    };
+    if known { path } else { "other" }
 }
+
+const OPEN_METHODS: [&str; 4] = [
+    "/grpc.health.v1.Health/Check",
+    "/grpc.health.v1.Health/Watch",
+    "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+    "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+];
 
 #[derive(Clone, Default)]
 pub struct MetricsLayer;
@@ -93,6 +104,14 @@ where
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
         let mut call = Call::start(method_label(request.uri().path()));
+        // The server's timeout layer, outside this one, drops a call that
+        // outlives it; the caller then hears DEADLINE_EXCEEDED.
+        call.deadline = request
+            .headers()
+            .get("grpc-timeout")
+            .and_then(|value| value.to_str().ok())
+            .and_then(crate::grpc::parse_grpc_timeout)
+            .map_or(SERVER_TIMEOUT, |timeout| timeout.min(SERVER_TIMEOUT));
         let response = self.inner.call(request);
         async move {
             let response = response
@@ -111,6 +130,8 @@ where
 struct Call {
     method: String,
     started: Instant,
+    /// How long the call may take before the server ends it.
+    deadline: Duration,
     in_flight: IntGauge,
     /// The status seen so far (from the headers, then the trailers).
     code: Option<Code>,
@@ -124,6 +145,7 @@ impl Call {
         Self {
             method: method.to_owned(),
             started: Instant::now(),
+            deadline: SERVER_TIMEOUT,
             in_flight,
             code: None,
             recorded: false,
@@ -148,8 +170,15 @@ impl Call {
 
 impl Drop for Call {
     fn drop(&mut self) {
-        // Ended before its status went out: the caller is gone.
-        let code = self.code.unwrap_or(Code::Cancelled);
+        // Ended before its status went out: the server's timeout ended it,
+        // or the caller is gone.
+        let code = self
+            .code
+            .unwrap_or(if self.started.elapsed() >= self.deadline {
+                Code::DeadlineExceeded
+            } else {
+                Code::Cancelled
+            });
         self.finish(code);
     }
 }
@@ -296,9 +325,21 @@ mod tests {
     #[tokio::test]
     async fn a_made_up_path_is_counted_as_other() {
         let before = requests("other", "UNIMPLEMENTED");
-        call_through_layer("/no.Such/Method", Err(tonic::Status::unimplemented("no"))).await;
-        assert_eq!(requests("other", "UNIMPLEMENTED"), before + 1);
-        assert_eq!(requests("/no.Such/Method", "UNIMPLEMENTED"), 0);
+        for path in ["/no.Such/Method", "/grpc.health.v1.Health/MadeUp"] {
+            call_through_layer(path, Err(tonic::Status::unimplemented("no"))).await;
+            assert_eq!(requests(path, "UNIMPLEMENTED"), 0);
+        }
+        assert_eq!(requests("other", "UNIMPLEMENTED"), before + 2);
+    }
+
+    #[tokio::test]
+    async fn a_call_dropped_after_its_deadline_counts_as_deadline_exceeded() {
+        let path = "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo";
+        let before = requests(path, "DEADLINE_EXCEEDED");
+        let mut call = Call::start(path);
+        call.deadline = Duration::ZERO;
+        drop(call);
+        assert_eq!(requests(path, "DEADLINE_EXCEEDED"), before + 1);
     }
 
     #[tokio::test]

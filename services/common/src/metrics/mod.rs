@@ -102,6 +102,10 @@ impl MetricsEndpoint {
 }
 
 async fn scrape(refreshers: Arc<Vec<Refresh>>) -> ([(http::HeaderName, &'static str); 1], Vec<u8>) {
+    // One scrape at a time: a hook resets its gauges before it sets them
+    // again, and a second scrape in between would see them empty.
+    static SCRAPING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    let _one_at_a_time = SCRAPING.lock().await;
     for refresh in refreshers.iter() {
         if tokio::time::timeout(REFRESH_TIMEOUT, refresh())
             .await

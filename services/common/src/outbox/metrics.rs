@@ -39,7 +39,7 @@ static PARKED: LazyLock<IntCounter> = LazyLock::new(|| {
 static WAITING: LazyLock<IntGauge> = LazyLock::new(|| {
     metrics::gauge(
         "oms_outbox_rows_waiting",
-        "Rows in the service's outbox waiting to be published (all instances).",
+        "Rows in the service's outbox waiting to be published (all instances; counted up to 100,000).",
     )
 });
 
@@ -89,8 +89,12 @@ struct Depth {
     parked: i64,
 }
 
-/// The hook that reads the outbox's depth into the gauges. When the
-/// database does not answer, the gauges keep their last values.
+/// Rows counted at most, so a scrape stays cheap behind a huge backlog.
+const COUNT_CAP: i64 = 100_000;
+
+/// The hook that reads the outbox's depth into the gauges, through `pool`
+/// (a connection of the metrics' own). When the database does not answer
+/// within a second, the gauges keep their last values.
 pub fn refresh(pool: DbPool) -> Refresh {
     Box::new(move || {
         let pool = pool.clone();
@@ -98,13 +102,18 @@ pub fn refresh(pool: DbPool) -> Refresh {
             let Ok(mut conn) = pool.get().await else {
                 return;
             };
-            let depth = diesel::sql_query(
-                "SELECT (SELECT count(*) FROM outbox) AS waiting, \
+            let query = diesel::sql_query(format!(
+                "SELECT (SELECT count(*) FROM (SELECT 1 FROM outbox LIMIT {COUNT_CAP}) AS o) AS waiting, \
                  COALESCE((SELECT EXTRACT(EPOCH FROM now() - created_at)::float8 \
                            FROM outbox ORDER BY id LIMIT 1), 0) AS oldest_seconds, \
-                 (SELECT count(*) FROM outbox_parked) AS parked",
-            )
-            .get_result::<Depth>(&mut conn)
+                 (SELECT count(*) FROM (SELECT 1 FROM outbox_parked LIMIT {COUNT_CAP}) AS p) AS parked"
+            ));
+            let depth = async {
+                diesel::sql_query("SET statement_timeout TO '1s'")
+                    .execute(&mut conn)
+                    .await?;
+                query.get_result::<Depth>(&mut conn).await
+            }
             .await;
             match depth {
                 Ok(depth) => {

@@ -73,7 +73,7 @@ impl OutboxMessage {
     /// Makes the event continue the trace of a stored `traceparent`, for
     /// work resumed in another task than its cause.
     pub fn continuing(mut self, traceparent: Option<&str>) -> Self {
-        if let Some(traceparent) = traceparent {
+        if let Some(traceparent) = traceparent.filter(|_| propagation::is_enabled()) {
             let cause = propagation::from_traceparent(traceparent);
             propagation::inject_into_record(&cause, &mut self.headers);
         }

@@ -13,6 +13,7 @@ pub mod propagation;
 use std::time::Duration;
 
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::Layer;
 use tracing_subscriber::fmt::format::JsonFields;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
@@ -58,24 +59,31 @@ impl Telemetry {
 /// `main`, inside the Tokio runtime.
 pub fn init(format: LogFormat, service_name: &str) -> Result<Telemetry, ConfigError> {
     let export = SpanExport::from_env(service_name)?;
+    // Each layer has its own filter: a quieter RUST_LOG (the benchmark's
+    // `warn`) must not silence the spans, which are at info.
     let spans = export.as_ref().map(|export| {
         tracing_opentelemetry::layer()
             .with_tracer(export.tracer(service_name))
             .with_tracked_inactivity(false)
             .with_threads(false)
+            .with_filter(span_filter())
     });
-    let registry = tracing_subscriber::registry()
-        .with(log_filter(var("RUST_LOG").as_deref()))
-        .with(spans);
+    let logs = log_filter(var("RUST_LOG").as_deref());
+    let registry = tracing_subscriber::registry().with(spans);
     match format {
         LogFormat::Text => registry
-            .with(tracing_subscriber::fmt::layer().with_target(false))
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .with_target(false)
+                    .with_filter(logs),
+            )
             .init(),
         LogFormat::Json => registry
             .with(
                 tracing_subscriber::fmt::layer()
                     .fmt_fields(JsonFields::new())
-                    .event_format(json::JsonLines),
+                    .event_format(json::JsonLines)
+                    .with_filter(logs),
             )
             .init(),
     }
@@ -84,6 +92,21 @@ pub fn init(format: LogFormat, service_name: &str) -> Result<Telemetry, ConfigEr
         tracing::info!("exporting spans over OTLP");
     }
     Ok(Telemetry { export })
+}
+
+/// What becomes a span or a span event: our info and above, never the
+/// OpenTelemetry SDK's own reports (they go to the log), whatever
+/// `RUST_LOG` says of the log.
+fn span_filter() -> EnvFilter {
+    [
+        "opentelemetry=off",
+        "opentelemetry_sdk=off",
+        "opentelemetry_otlp=off",
+    ]
+    .into_iter()
+    .fold(log_filter(None), |filter, directive| {
+        filter.add_directive(directive.parse().expect("a valid directive"))
+    })
 }
 
 /// The levels `rust_log` asks for (default: info).

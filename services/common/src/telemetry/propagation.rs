@@ -44,6 +44,10 @@ struct MetadataCarrier<'a>(&'a mut tonic::metadata::MetadataMap);
 
 impl Injector for MetadataCarrier<'_> {
     fn set(&mut self, key: &str, value: String) {
+        // The propagator writes `tracestate` even when it is empty.
+        if value.is_empty() {
+            return;
+        }
         if let (Ok(key), Ok(value)) = (
             tonic::metadata::MetadataKey::from_bytes(key.as_bytes()),
             value.parse(),
@@ -68,7 +72,10 @@ struct RecordHeadersMut<'a>(&'a mut BTreeMap<String, Vec<u8>>);
 
 impl Injector for RecordHeadersMut<'_> {
     fn set(&mut self, key: &str, value: String) {
-        self.0.insert(key.to_owned(), value.into_bytes());
+        // The propagator writes `tracestate` even when it is empty.
+        if !value.is_empty() {
+            self.0.insert(key.to_owned(), value.into_bytes());
+        }
     }
 }
 
@@ -148,6 +155,7 @@ mod tests {
             headers[TRACEPARENT],
             b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
         );
+        assert!(!headers.contains_key(TRACESTATE), "no empty tracestate");
         let back = context_from_record(&headers);
         assert_eq!(
             back.span().span_context().trace_id(),
