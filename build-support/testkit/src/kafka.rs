@@ -64,18 +64,24 @@ pub async fn produce_raw(
     value: Vec<u8>,
     headers: BTreeMap<String, Vec<u8>>,
 ) {
-    let partition_client = client
-        .partition_client(topic.to_owned(), partition, UnknownTopicHandling::Retry)
-        .await
-        .expect("partition client");
     let record = Record {
         key: Some(key.to_vec()),
         value: Some(value),
         headers,
         timestamp: chrono::Utc::now(),
     };
+    produce_together(client, topic, partition, vec![record]).await;
+}
+
+/// Produces `records` to an explicit partition in one request, so they
+/// land next to each other and a consumer fetches them in one batch.
+pub async fn produce_together(client: &Client, topic: &str, partition: i32, records: Vec<Record>) {
+    let partition_client = client
+        .partition_client(topic.to_owned(), partition, UnknownTopicHandling::Retry)
+        .await
+        .expect("partition client");
     partition_client
-        .produce(vec![record], Compression::NoCompression)
+        .produce(records, Compression::NoCompression)
         .await
         .expect("produce");
 }

@@ -1,14 +1,14 @@
 //! The spans of a batch, made only while tracing is on. Each record gets a
 //! span that continues the trace its headers carry (a child of the record's
 //! context, as OpenTelemetry's messaging conventions say), with its topic,
-//! partition, offset and key. The batch gets one span, linked to every
-//! record's context, and its database work a client span under it, in
-//! which the handler applies the batch. A batch of one record is also that
-//! record span's child, so the handler's log lines carry the record's trace
-//! id; those of a larger batch carry the batch's, whose links lead to each
-//! record. The record spans, not the current span, are the causes of the
-//! events the batch writes (`telemetry::causes`); they end when the batch
-//! commits.
+//! partition, offset and key. A batch of several records gets a span of
+//! its own, linked to every record's context; a batch of one uses its
+//! record's span. The batch's database work gets a client span under it,
+//! in which the handler applies the batch, so the handler's log lines
+//! carry the record's trace id, or for a larger batch the batch's, whose
+//! links lead to each record. The record spans, not the current span, are
+//! the causes of the events the batch writes (`telemetry::causes`); they
+//! end when the batch commits.
 
 use std::future::Future;
 
@@ -38,22 +38,12 @@ pub(super) fn for_batch(
         return None;
     }
     let name = format!("process {topic}");
-    let batch_span = tracing::info_span!(
-        parent: None,
-        "consume batch",
-        otel.name = %name,
-        otel.kind = "consumer",
-        messaging.system = "kafka",
-        messaging.operation.type = "process",
-        messaging.destination.name = topic,
-        messaging.destination.partition.id = %partition,
-        messaging.batch.message_count = batch.len(),
-    );
     let mut causes = Causes::with_capacity(batch.len());
     let mut records = Vec::with_capacity(batch.len());
+    let mut contexts = Vec::with_capacity(batch.len());
     for record in batch {
         let parent = context_from_record(&record.headers);
-        batch_span.add_link(parent.span().span_context().clone());
+        contexts.push(parent.span().span_context().clone());
         let key = record.key.as_deref().unwrap_or_default();
         let span = tracing::info_span!(
             parent: None,
@@ -71,9 +61,28 @@ pub(super) fn for_batch(
         causes.insert(key.to_vec(), span.context());
         records.push(span);
     }
-    if let [only] = records.as_slice() {
-        let _ = batch_span.set_parent(only.context());
-    }
+    let batch_span = match records.as_slice() {
+        // Most batches under a steady load hold one record; its span is
+        // the batch's, which spares a span per record.
+        [only] => only.clone(),
+        _ => {
+            let span = tracing::info_span!(
+                parent: None,
+                "consume batch",
+                otel.name = %name,
+                otel.kind = "consumer",
+                messaging.system = "kafka",
+                messaging.operation.type = "process",
+                messaging.destination.name = topic,
+                messaging.destination.partition.id = %partition,
+                messaging.batch.message_count = batch.len(),
+            );
+            for context in contexts {
+                span.add_link(context);
+            }
+            span
+        }
+    };
     Some(BatchSpans {
         batch: batch_span,
         causes,
