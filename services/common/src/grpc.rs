@@ -244,7 +244,7 @@ pub fn timeout_of<T>(request: &tonic::Request<T>) -> Option<Duration> {
 
 /// Reads a `grpc-timeout` value: at most 8 digits and a unit (H, M, S, m, u
 /// or n), as the gRPC HTTP/2 protocol defines it.
-pub(crate) fn parse_grpc_timeout(value: &str) -> Option<Duration> {
+fn parse_grpc_timeout(value: &str) -> Option<Duration> {
     if !value.is_ascii() {
         return None;
     }

@@ -9,7 +9,6 @@
 use std::pin::Pin;
 use std::sync::LazyLock;
 use std::task::{Context, Poll};
-use std::time::Duration;
 
 use futures::future::{BoxFuture, FutureExt};
 use http_body::{Body, Frame, SizeHint};
@@ -19,7 +18,6 @@ use tonic::Code;
 use tower::{Layer, Service};
 
 use crate::auth::methods::{Requirement, requirement_of};
-use crate::grpc::SERVER_TIMEOUT;
 
 static REQUESTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     super::counter_vec(
@@ -104,14 +102,6 @@ where
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
         let mut call = Call::start(method_label(request.uri().path()));
-        // The server's timeout layer, outside this one, drops a call that
-        // outlives it; the caller then hears DEADLINE_EXCEEDED.
-        call.deadline = request
-            .headers()
-            .get("grpc-timeout")
-            .and_then(|value| value.to_str().ok())
-            .and_then(crate::grpc::parse_grpc_timeout)
-            .map_or(SERVER_TIMEOUT, |timeout| timeout.min(SERVER_TIMEOUT));
         let response = self.inner.call(request);
         async move {
             let response = response
@@ -130,8 +120,6 @@ where
 struct Call {
     method: String,
     started: Instant,
-    /// How long the call may take before the server ends it.
-    deadline: Duration,
     in_flight: IntGauge,
     /// The status seen so far (from the headers, then the trailers).
     code: Option<Code>,
@@ -145,7 +133,6 @@ impl Call {
         Self {
             method: method.to_owned(),
             started: Instant::now(),
-            deadline: SERVER_TIMEOUT,
             in_flight,
             code: None,
             recorded: false,
@@ -170,15 +157,10 @@ impl Call {
 
 impl Drop for Call {
     fn drop(&mut self) {
-        // Ended before its status went out: the server's timeout ended it,
-        // or the caller is gone.
-        let code = self
-            .code
-            .unwrap_or(if self.started.elapsed() >= self.deadline {
-                Code::DeadlineExceeded
-            } else {
-                Code::Cancelled
-            });
+        // Ended before its status went out: the caller went away, or the
+        // server's timeout (outside this layer) ended the call, which tonic
+        // answers CANCELLED too.
+        let code = self.code.unwrap_or(Code::Cancelled);
         self.finish(code);
     }
 }
@@ -330,16 +312,6 @@ mod tests {
             assert_eq!(requests(path, "UNIMPLEMENTED"), 0);
         }
         assert_eq!(requests("other", "UNIMPLEMENTED"), before + 2);
-    }
-
-    #[tokio::test]
-    async fn a_call_dropped_after_its_deadline_counts_as_deadline_exceeded() {
-        let path = "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo";
-        let before = requests(path, "DEADLINE_EXCEEDED");
-        let mut call = Call::start(path);
-        call.deadline = Duration::ZERO;
-        drop(call);
-        assert_eq!(requests(path, "DEADLINE_EXCEEDED"), before + 1);
     }
 
     #[tokio::test]

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::Layer;
-use tracing_subscriber::filter::{FilterExt, filter_fn};
+use tracing_subscriber::filter::{FilterExt, LevelFilter, filter_fn};
 use tracing_subscriber::fmt::format::JsonFields;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
@@ -101,7 +101,10 @@ pub fn init(format: LogFormat, service_name: &str) -> Result<Telemetry, ConfigEr
 /// Info lines are in the log already, with their trace id; as span events
 /// they would cost every order a few microseconds more.
 fn spans_and_warnings<S>() -> impl tracing_subscriber::layer::Filter<S> {
+    // The hint keeps debug and trace calls (and the `log` crate's) off,
+    // as the log's own filter would.
     filter_fn(|metadata| metadata.is_span() || *metadata.level() <= tracing::Level::WARN)
+        .with_max_level_hint(LevelFilter::INFO)
 }
 
 /// What becomes a span or a span event: our info and above, never the
