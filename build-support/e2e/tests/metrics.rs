@@ -187,7 +187,7 @@ async fn every_service_reports_its_calls_flow_lag_and_dead_letters() {
         gateway.total("oms_producer_batch_records_sum", &[]),
         FIRST as f64
     );
-    // A call refused before any handler runs is counted too.
+    // A refused call is counted as an error with its code.
     let bad = client
         .create_order(order("", ""))
         .await

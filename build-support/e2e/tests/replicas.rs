@@ -16,13 +16,11 @@ use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use futures::StreamExt;
 use uuid::Uuid;
 
-use oms_api::google::r#type::Money;
-use oms_api::orders::v1::{
-    CreateOrderRequest, GetOrderRequest, ListOrdersRequest, OrderStatus, WatchOrderRequest,
-};
+use oms_api::orders::v1::{GetOrderRequest, ListOrdersRequest, OrderStatus, WatchOrderRequest};
 use oms_common::topics::{ORDER_CREATED, PROCESS_PAYMENT, TopicNames};
 use oms_testkit::cluster::Cluster;
 use oms_testkit::events::{order_created, record};
+use oms_testkit::orders::order;
 use oms_testkit::process::ServiceProcess;
 use oms_testkit::system::{ORDER, free_ports};
 use oms_testkit::{TestDatabase, eventually, kafka, unique_topic_prefix};
@@ -329,17 +327,7 @@ async fn reads_and_watches_survive_the_loss_of_order_service_instances() {
     let mut cluster = Cluster::start(&db, 2, 1, &extra).await;
     let mut gateway = cluster.gateway(0).await;
     let order = gateway
-        .create_order(CreateOrderRequest {
-            customer_id: "carol".into(),
-            product_id: "sku-1".into(),
-            quantity: 1,
-            amount: Some(Money {
-                currency_code: "EUR".into(),
-                units: 12,
-                nanos: 0,
-            }),
-            request_id: String::new(),
-        })
+        .create_order(order("carol", ""))
         .await
         .expect("create order")
         .into_inner();

@@ -14,21 +14,19 @@ use oms_api::orders::v1::order_service_client::OrderServiceClient;
 use oms_api::orders::v1::{CreateOrderRequest, GetOrderRequest, OrderStatus};
 use oms_common::topics::{ORDER_CREATED, TopicNames};
 use oms_testkit::events::committed_records;
+use oms_testkit::orders::order;
 use oms_testkit::{eventually, kafka, unique_topic_prefix};
 use support::{gateway_config, start, start_gateway};
 
+/// The testkit's order, for `units` EUR.
 fn request(customer: &str, request_id: &str, units: i64) -> CreateOrderRequest {
-    CreateOrderRequest {
-        customer_id: customer.into(),
-        product_id: "sku-1".into(),
-        quantity: 1,
-        amount: Some(Money {
-            currency_code: "EUR".into(),
-            units,
-            nanos: 0,
-        }),
-        request_id: request_id.into(),
-    }
+    let mut request = order(customer, request_id);
+    request.amount = Some(Money {
+        currency_code: "EUR".into(),
+        units,
+        nanos: 0,
+    });
+    request
 }
 
 #[tokio::test(flavor = "multi_thread")]

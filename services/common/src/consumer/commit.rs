@@ -59,7 +59,20 @@ pub struct BatchOutcome {
 /// batch is applied again record by record, each in a savepoint, and the
 /// records refused on their own are dead-lettered with the reason, so one
 /// bad record never blocks its partition.
+///
+/// What the handler queued with `after_commit` runs once the transaction
+/// commits, and not at all when it fails.
 pub async fn commit_records<H: EventHandler>(
+    pool: &DbPool,
+    handler: &H,
+    at: &Position<'_>,
+    batch: &[InboundRecord],
+    earlier_failures: u32,
+) -> Result<BatchOutcome, CommitError> {
+    after_commit::run_after(apply_and_commit(pool, handler, at, batch, earlier_failures)).await
+}
+
+async fn apply_and_commit<H: EventHandler>(
     pool: &DbPool,
     handler: &H,
     at: &Position<'_>,

@@ -418,17 +418,18 @@ impl<H: EventHandler> Consumer<H> {
             // shutdown abandons it uncommitted, to be fetched again next time.
             // Only refusals the database does not name count toward
             // isolating the batch's records; an outage does not.
+            // One set of spans for the batch, however many tries it takes.
+            let spans = spans::for_batch(&topic, partition, &batch);
+            let at = Position {
+                topic: &topic,
+                partition,
+                new_offset,
+                fence: &grant.fence,
+            };
             let mut unclassified_failures = 0;
             loop {
                 match self
-                    .commit_batch(
-                        &topic,
-                        partition,
-                        &batch,
-                        new_offset,
-                        unclassified_failures,
-                        &grant.fence,
-                    )
+                    .commit_batch(&at, &batch, unclassified_failures, spans.as_ref())
                     .await
                 {
                     Ok(()) => break,
@@ -477,29 +478,15 @@ impl<H: EventHandler> Consumer<H> {
 
     async fn commit_batch(
         &self,
-        topic: &str,
-        partition: i32,
+        at: &Position<'_>,
         batch: &[InboundRecord],
-        new_offset: i64,
         earlier_failures: u32,
-        fence: &Fence,
+        spans: Option<&spans::BatchSpans>,
     ) -> Result<(), CommitError> {
-        let at = Position {
-            topic,
-            partition,
-            new_offset,
-            fence,
-        };
+        let (topic, partition) = (at.topic, at.partition);
         let started = Instant::now();
-        let spans = spans::for_batch(topic, partition, batch);
-        let commit = after_commit::run_after(commit_records(
-            &self.pool,
-            &*self.handler,
-            &at,
-            batch,
-            earlier_failures,
-        ));
-        let outcome = spans::traced(spans.as_ref(), commit).await?;
+        let commit = commit_records(&self.pool, &*self.handler, at, batch, earlier_failures);
+        let outcome = spans::traced(spans, commit).await?;
         metrics::committed(
             topic,
             partition,

@@ -20,7 +20,7 @@ use super::InboundRecord;
 use crate::telemetry::causes::{Causes, with_causes};
 use crate::telemetry::propagation::{self, context_from_record};
 
-pub(super) struct BatchSpans {
+pub(crate) struct BatchSpans {
     batch: tracing::Span,
     causes: Causes,
     /// Held until the batch commits, or fails.
@@ -58,7 +58,9 @@ pub(super) fn for_batch(
             messaging.kafka.message.key = %String::from_utf8_lossy(key),
         );
         let _ = span.set_parent(parent);
-        causes.insert(key.to_vec(), span.context());
+        // A key repeated in the batch: its first record is the one that
+        // took effect (handlers ignore repeats).
+        causes.entry(key.to_vec()).or_insert_with(|| span.context());
         records.push(span);
     }
     let batch_span = match records.as_slice() {
@@ -90,9 +92,10 @@ pub(super) fn for_batch(
     })
 }
 
-/// Runs `commit` under the batch's span with its records as causes, or
-/// as it is when there are no spans. The database work (checkout,
-/// transaction, commit) gets a client span of its own.
+/// Runs `commit` with the batch's records as causes, in a client span for
+/// the database work (checkout, transaction, commit) under the batch's
+/// span; or as it is when there are no spans. Each try of a retried batch
+/// gets a transaction span of its own under the same batch span.
 pub(super) async fn traced<F: Future>(spans: Option<&BatchSpans>, commit: F) -> F::Output {
     match spans {
         Some(spans) => {
@@ -104,9 +107,9 @@ pub(super) async fn traced<F: Future>(spans: Option<&BatchSpans>, commit: F) -> 
                 db.system.name = "postgresql",
                 db.operation.name = "transaction",
             );
-            let commit = commit
-                .instrument(transaction)
-                .instrument(spans.batch.clone());
+            // Its explicit parent is the batch span, so that one need not
+            // be entered too.
+            let commit = commit.instrument(transaction);
             with_causes(spans.causes.clone(), commit).await
         }
         None => commit.await,

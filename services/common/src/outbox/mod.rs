@@ -74,6 +74,8 @@ impl OutboxMessage {
     /// work resumed in another task than its cause.
     pub fn continuing(mut self, traceparent: Option<&str>) -> Self {
         if let Some(traceparent) = traceparent.filter(|_| propagation::is_enabled()) {
+            // The stored cause has no `tracestate`; none from `event` stays.
+            self.headers.remove(propagation::TRACESTATE);
             let cause = propagation::from_traceparent(traceparent);
             propagation::inject_into_record(&cause, &mut self.headers);
         }

@@ -11,6 +11,7 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use super::propagation;
 use crate::auth::methods::{Requirement, requirement_of};
+use crate::metrics::grpc::status_in;
 
 #[derive(Clone, Default)]
 pub struct TraceLayer;
@@ -63,12 +64,7 @@ where
             if let Ok(response) = &response {
                 // A unary error's status is in the headers; otherwise the
                 // call is OK as far as its first answer goes.
-                let code = response
-                    .headers()
-                    .get("grpc-status")
-                    .and_then(|value| value.to_str().ok())
-                    .and_then(|value| value.parse::<i64>().ok())
-                    .unwrap_or(0);
+                let code = status_in(response.headers()).map_or(0, |code| code as i64);
                 recorded.record("rpc.grpc.status_code", code);
                 if code != 0 {
                     recorded.record("otel.status_code", "ERROR");
